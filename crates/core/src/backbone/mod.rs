@@ -1,0 +1,40 @@
+//! Pretrained encoders that every downstream task fine-tunes from.
+
+pub mod bert;
+pub mod vit;
+
+pub use bert::{Bert, TextBatch};
+pub use vit::{Vit, VitConfig, VitLayout, VitOutput};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use crate::params::{Freeze, ParamStore};
+use crate::tokenizer::TextTokenizer;
+
+/// The default text backbone (all-MiniLM-L6-v2).
+pub const DEFAULT_TEXT: &str = "minilm-l6";
+/// The default vision backbone (DINOv2 ViT-S/14).
+pub const DEFAULT_VISION: &str = "dinov2-s14";
+
+/// A text backbone from a model name (fetched on first use) or an HF-layout folder, with its
+/// tokenizer truncating at the model's position limit.
+pub fn load_text(spec: &str, freeze: Freeze, device: &Device) -> Result<(Bert, TextTokenizer, ParamStore)> {
+    let dir = downstream_hub::resolve(spec)?;
+    let (model, params) = Bert::load(&dir, freeze, device)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = TextTokenizer::from_file(&tok_path, model.config.max_position_embeddings)
+        .with_context(|| format!("backbone `{spec}` needs a tokenizer.json"))?;
+    Ok((model, tokenizer, params))
+}
+
+/// A vision backbone from a model name (fetched on first use) or an HF-layout folder.
+pub fn load_vision(spec: &str, freeze: Freeze, device: &Device) -> Result<(Vit, ParamStore)> {
+    let dir = downstream_hub::resolve(spec)?;
+    Vit::load(&dir, freeze, device)
+}
+
+/// ImageNet mean and standard deviation per RGB channel, which both ViT and DINOv2
+/// checkpoints were trained with.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

@@ -1,0 +1,315 @@
+//! Vision transformers in the Hugging Face `ViTModel` and `Dinov2Model` layouts, trainable end
+//! to end, at any input size that is a multiple of the patch size.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+
+use crate::nn::interpolate::resize_bicubic;
+use crate::nn::{ops, LayerNorm, Linear, Loader, SelfAttention};
+use crate::params::{Freeze, ParamStore, WeightFile};
+
+/// Which of the two parameter layouts (and block designs) a checkpoint uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VitLayout {
+    /// `ViTModel`: `layernorm_before/after`, `intermediate.dense`, `output.dense`.
+    Vit,
+    /// `Dinov2Model`: `norm1/norm2`, `mlp.fc1/fc2`, LayerScale after attention and MLP.
+    Dinov2,
+}
+
+/// The fields of an HF `config.json` that the encoder needs (both `vit` and `dinov2`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct VitConfig {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// ViT states it; DINOv2 derives it from `mlp_ratio`.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub mlp_ratio: Option<f64>,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    pub layer_norm_eps: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub use_swiglu_ffn: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn yes() -> bool {
+    true
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+
+impl VitConfig {
+    pub fn layout(&self) -> Result<VitLayout> {
+        match self.model_type.as_str() {
+            "vit" => Ok(VitLayout::Vit),
+            "dinov2" => Ok(VitLayout::Dinov2),
+            other => bail!("model_type `{other}` is neither `vit` nor `dinov2`"),
+        }
+    }
+
+    pub fn mlp_size(&self) -> usize {
+        match (self.intermediate_size, self.mlp_ratio) {
+            (Some(n), _) if self.model_type == "vit" => n,
+            (_, Some(r)) => (self.hidden_size as f64 * r) as usize,
+            (Some(n), None) => n,
+            (None, None) => 4 * self.hidden_size,
+        }
+    }
+
+    /// Side of the square grid the position embeddings were trained for.
+    pub fn base_grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+enum Mlp {
+    Vit { intermediate: Linear, output: Linear },
+    Dinov2 { fc1: Linear, fc2: Linear },
+}
+
+struct Block {
+    norm1: LayerNorm,
+    attention: SelfAttention,
+    scale1: Option<Tensor>,
+    norm2: LayerNorm,
+    mlp: Mlp,
+    scale2: Option<Tensor>,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut a = self.attention.forward(&self.norm1.forward(x)?, None)?;
+        if let Some(s) = &self.scale1 {
+            a = a.broadcast_mul(s)?;
+        }
+        let x = (a + x)?;
+        let h = self.norm2.forward(&x)?;
+        let mut m = match &self.mlp {
+            Mlp::Vit { intermediate, output } => output.forward(&ops::gelu(&intermediate.forward(&h)?)?)?,
+            Mlp::Dinov2 { fc1, fc2 } => fc2.forward(&ops::gelu(&fc1.forward(&h)?)?)?,
+        };
+        if let Some(s) = &self.scale2 {
+            m = m.broadcast_mul(s)?;
+        }
+        m + x
+    }
+}
+
+/// What one forward pass gives.
+#[derive(Clone, Debug)]
+pub struct VitOutput {
+    /// Final-norm output `[B, 1 + h*w, D]`: the CLS token, then patches in row-major order.
+    pub last_hidden_state: Tensor,
+    /// The patch grid `(h, w)`.
+    pub grid: (usize, usize),
+    /// Raw outputs (before the final norm) of the blocks asked for, as `(index, [B, 1 + h*w, D])`.
+    pub blocks: Vec<(usize, Tensor)>,
+}
+
+impl VitOutput {
+    /// The CLS token `[B, D]`.
+    pub fn cls(&self) -> candle_core::Result<Tensor> {
+        self.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)
+    }
+
+    /// Patch features as a map `[B, D, h, w]`.
+    pub fn feature_map(&self) -> candle_core::Result<Tensor> {
+        tokens_to_map(&self.last_hidden_state, self.grid)
+    }
+
+    /// The map `[B, D, h, w]` of block `index`, which must have been asked for.
+    pub fn block_map(&self, index: usize) -> Result<Tensor> {
+        let (_, t) = self
+            .blocks
+            .iter()
+            .find(|(i, _)| *i == index)
+            .with_context(|| format!("block {index} was not requested in the forward pass"))?;
+        Ok(tokens_to_map(t, self.grid)?)
+    }
+}
+
+/// `[B, 1 + h*w, D]` tokens (CLS first) to a `[B, D, h, w]` patch map.
+pub fn tokens_to_map(tokens: &Tensor, (h, w): (usize, usize)) -> candle_core::Result<Tensor> {
+    let (b, n, d) = tokens.dims3()?;
+    tokens.narrow(1, n - h * w, h * w)?.transpose(1, 2)?.reshape((b, d, h, w))
+}
+
+/// A ViT or DINOv2 encoder. Its parameters live in the [`ParamStore`] returned by [`Vit::load`].
+pub struct Vit {
+    pub config: VitConfig,
+    pub layout: VitLayout,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    blocks: Vec<Block>,
+    final_norm: LayerNorm,
+}
+
+impl Vit {
+    /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
+    pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
+        let config_path = dir.join("config.json");
+        let config: VitConfig = serde_json::from_str(
+            &std::fs::read_to_string(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?,
+        )
+        .with_context(|| format!("{}: not a ViT/DINOv2 config", config_path.display()))?;
+        let mut file = WeightFile::load(&dir.join("model.safetensors"), &["vit.", "dinov2."], device)?;
+        let mut store = ParamStore::new();
+        let model = Self::from_weights(config, &mut file, &mut store, freeze)
+            .with_context(|| format!("loading vision backbone from {}", dir.display()))?;
+        Ok((model, store))
+    }
+
+    pub fn from_weights(config: VitConfig, file: &mut WeightFile, store: &mut ParamStore, freeze: Freeze) -> Result<Self> {
+        let layout = config.layout()?;
+        if config.hidden_act != "gelu" {
+            bail!("hidden_act `{}` is not supported (only exact gelu)", config.hidden_act);
+        }
+        if config.use_swiglu_ffn {
+            bail!("SwiGLU feed-forward blocks (DINOv2 giant) are not supported");
+        }
+        if !config.qkv_bias {
+            bail!("attention without qkv bias is not supported");
+        }
+        let d = config.hidden_size;
+        let n = config.num_hidden_layers;
+        let p = config.patch_size;
+        let c = config.num_channels;
+        let eps = config.layer_norm_eps;
+        let mlp = config.mlp_size();
+        let grid = config.base_grid();
+        store.top_depth = n + 1;
+        let mut ld = Loader { file, store, freeze, num_blocks: n };
+        let patch_weight = ld.param("embeddings.patch_embeddings.projection.weight", &[d, c, p, p], 0)?;
+        let patch_bias = ld.param("embeddings.patch_embeddings.projection.bias", &[d], 0)?;
+        let cls_token = ld.param("embeddings.cls_token", &[1, 1, d], 0)?;
+        let position_embeddings = ld.param("embeddings.position_embeddings", &[1, 1 + grid * grid, d], 0)?;
+        let mut blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let pre = format!("encoder.layer.{i}");
+            let depth = i + 1;
+            let attention = SelfAttention {
+                query: ld.linear(&format!("{pre}.attention.attention.query"), d, d, depth)?,
+                key: ld.linear(&format!("{pre}.attention.attention.key"), d, d, depth)?,
+                value: ld.linear(&format!("{pre}.attention.attention.value"), d, d, depth)?,
+                output: ld.linear(&format!("{pre}.attention.output.dense"), d, d, depth)?,
+                num_heads: config.num_attention_heads,
+            };
+            let block = match layout {
+                VitLayout::Vit => Block {
+                    norm1: ld.layer_norm(&format!("{pre}.layernorm_before"), d, eps, depth)?,
+                    attention,
+                    scale1: None,
+                    norm2: ld.layer_norm(&format!("{pre}.layernorm_after"), d, eps, depth)?,
+                    mlp: Mlp::Vit {
+                        intermediate: ld.linear(&format!("{pre}.intermediate.dense"), d, mlp, depth)?,
+                        output: ld.linear(&format!("{pre}.output.dense"), mlp, d, depth)?,
+                    },
+                    scale2: None,
+                },
+                VitLayout::Dinov2 => Block {
+                    norm1: ld.layer_norm(&format!("{pre}.norm1"), d, eps, depth)?,
+                    attention,
+                    scale1: Some(ld.param(&format!("{pre}.layer_scale1.lambda1"), &[d], depth)?),
+                    norm2: ld.layer_norm(&format!("{pre}.norm2"), d, eps, depth)?,
+                    mlp: Mlp::Dinov2 {
+                        fc1: ld.linear(&format!("{pre}.mlp.fc1"), d, mlp, depth)?,
+                        fc2: ld.linear(&format!("{pre}.mlp.fc2"), mlp, d, depth)?,
+                    },
+                    scale2: Some(ld.param(&format!("{pre}.layer_scale2.lambda1"), &[d], depth)?),
+                },
+            };
+            blocks.push(block);
+        }
+        let final_norm = ld.layer_norm("layernorm", d, eps, n + 1)?;
+        Ok(Self { config, layout, patch_weight, patch_bias, cls_token, position_embeddings, blocks, final_norm })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    pub fn patch_size(&self) -> usize {
+        self.config.patch_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Position embeddings for an `h x w` patch grid `[1, 1 + h*w, D]`, resized from the trained
+    /// grid as the reference implementation of each layout does.
+    fn positions(&self, h: usize, w: usize) -> candle_core::Result<Tensor> {
+        let s = self.config.base_grid();
+        if (h, w) == (s, s) {
+            return Ok(self.position_embeddings.clone());
+        }
+        let d = self.hidden_size();
+        let cls = self.position_embeddings.narrow(1, 0, 1)?;
+        let grid = self.position_embeddings.narrow(1, 1, s * s)?.reshape((s, s, d))?.permute((2, 0, 1))?;
+        let resized = resize_bicubic(&grid.contiguous()?, h, w)?;
+        let resized = resized.permute((1, 2, 0))?.reshape((1, h * w, d))?;
+        Tensor::cat(&[cls, resized], 1)
+    }
+
+    /// Patch embedding as one matrix product: a stride-p, kernel-p convolution is a linear map
+    /// of each flattened patch (and candle's conv backward is much slower).
+    fn embed(&self, pixels: &Tensor) -> Result<(Tensor, (usize, usize))> {
+        let (b, c, hh, ww) = pixels.dims4()?;
+        let p = self.patch_size();
+        if c != self.config.num_channels {
+            bail!("input has {c} channels, the model expects {}", self.config.num_channels);
+        }
+        if hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
+            bail!("input size {hh}x{ww} is not a positive multiple of the patch size {p}");
+        }
+        let (h, w) = (hh / p, ww / p);
+        let patches = pixels
+            .reshape((b, c, h, p, w, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, h * w, c * p * p))?;
+        let weight = self.patch_weight.reshape((self.hidden_size(), c * p * p))?;
+        let x = ops::linear(&patches, &weight, Some(&self.patch_bias))?;
+        let cls = self.cls_token.broadcast_as((b, 1, self.hidden_size()))?;
+        let x = Tensor::cat(&[cls, x], 1)?.broadcast_add(&self.positions(h, w)?)?;
+        Ok((x, (h, w)))
+    }
+
+    /// Encodes `[B, C, H, W]` normalised pixels; `keep` lists block indices whose raw outputs
+    /// should be returned as well.
+    pub fn forward(&self, pixels: &Tensor, keep: &[usize]) -> Result<VitOutput> {
+        if let Some(&bad) = keep.iter().find(|&&i| i >= self.blocks.len()) {
+            bail!("block {bad} requested, the model has {} blocks", self.blocks.len());
+        }
+        let (mut x, grid) = self.embed(pixels)?;
+        let mut blocks = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x)?;
+            if keep.contains(&i) {
+                blocks.push((i, x.clone()));
+            }
+        }
+        let last_hidden_state = self.final_norm.forward(&x)?;
+        Ok(VitOutput { last_hidden_state, grid, blocks })
+    }
+}

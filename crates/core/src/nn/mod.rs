@@ -1,0 +1,102 @@
+//! Layers built from [`ops`], loaded from Hugging Face-named weights into a [`ParamStore`].
+
+pub mod interpolate;
+pub mod ops;
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use crate::params::{Depth, Freeze, ParamStore, WeightFile};
+
+/// Reads named weights and registers them as trainable or frozen parameters.
+pub struct Loader<'a> {
+    pub file: &'a mut WeightFile,
+    pub store: &'a mut ParamStore,
+    pub freeze: Freeze,
+    pub num_blocks: usize,
+}
+
+impl Loader<'_> {
+    pub fn param(&mut self, name: &str, shape: &[usize], depth: Depth) -> Result<Tensor> {
+        let t = self.file.take(name, shape)?;
+        let trains = self.freeze.trains(depth, self.num_blocks);
+        self.store.insert(name, t, depth, trains)
+    }
+
+    /// A norm's scale and shift, accepting the old `gamma`/`beta` names.
+    pub fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64, depth: Depth) -> Result<LayerNorm> {
+        let trains = self.freeze.trains(depth, self.num_blocks);
+        let mut take = |new: &str, old: &str| -> Result<Tensor> {
+            let (_, t) = self
+                .file
+                .take_any(&[format!("{prefix}.{new}"), format!("{prefix}.{old}")], &[dim])?;
+            self.store.insert(&format!("{prefix}.{new}"), t, depth, trains)
+        };
+        let weight = take("weight", "gamma")?;
+        let bias = take("bias", "beta")?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn linear(&mut self, prefix: &str, in_dim: usize, out_dim: usize, depth: Depth) -> Result<Linear> {
+        let weight = self.param(&format!("{prefix}.weight"), &[out_dim, in_dim], depth)?;
+        let bias = self.param(&format!("{prefix}.bias"), &[out_dim], depth)?;
+        Ok(Linear { weight, bias: Some(bias) })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`, as PyTorch stores it.
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// Multi-head self-attention with separate query, key and value projections.
+#[derive(Clone, Debug)]
+pub struct SelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub num_heads: usize,
+}
+
+impl SelfAttention {
+    /// `x` is `[B, T, D]`; `bias`, if any, is added to the attention scores (`[B, 1, 1, T]`).
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let h = self.num_heads;
+        let dh = d / h;
+        let split = |y: Tensor| y.reshape((b, t, h, dh))?.transpose(1, 2)?.contiguous();
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+        let scores = match bias {
+            Some(bias) => scores.broadcast_add(bias)?,
+            None => scores,
+        };
+        let probs = ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.output.forward(&ctx)
+    }
+}

@@ -1,0 +1,59 @@
+//! Differentiable building blocks.
+//!
+//! candle-nn's fused `ops::layer_norm` and `ops::softmax_last_dim` have no backward pass, so a
+//! model built on them silently trains only what sits after them. Every op here is composed of
+//! primitives that candle can differentiate. Models call these functions and nothing else for
+//! normalisation and attention weights, so a fused kernel with its own backward can later
+//! replace one function without touching any model.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`,
+/// with the biased variance, as PyTorch computes it.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension.
+///
+/// The row maximum is subtracted for stability; it is detached because the result does not
+/// depend on it mathematically, which keeps the backward graph small.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(D::Minus1)?;
+    exp.broadcast_div(&sum)
+}
+
+/// `x @ weight^T + bias` for `x` of any rank, weight `[out, in]` as PyTorch stores it.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows = x.elem_count() / in_dim.max(1);
+    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = weight.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// The exact (erf) GELU, which is what Hugging Face means by `"gelu"`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Additive attention bias from a `[B, T]` mask of ones (attend) and zeros (padding):
+/// `[B, 1, 1, T]` holding 0 or the most negative finite value, as transformers' eager attention does.
+pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let mask = mask.to_dtype(DType::F32)?;
+    let bias = ((mask.ones_like()? - mask)? * f32::MIN as f64)?;
+    bias.reshape((b, 1, 1, t))
+}

@@ -1,0 +1,257 @@
+//! Parameters of a model: which are trained, which are frozen, and how deep each one sits.
+//!
+//! Freezing is decided when weights are loaded. A frozen weight is a plain tensor: candle never
+//! builds a backward graph through it, so frozen layers cost nothing in the backward pass. A
+//! trainable weight is a [`Var`]; the model holds a clone of its tensor, which shares storage,
+//! so optimizer updates are seen by the model without any copying.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+
+/// How much of a backbone is fine-tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Freeze {
+    /// Backbone weights are constants; only what is added on top trains.
+    Frozen,
+    /// Every backbone weight trains.
+    Full,
+    /// The last `N` blocks and the final norm train; embeddings and earlier blocks are frozen.
+    Partial(usize),
+}
+
+impl FromStr for Freeze {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "frozen" => Ok(Self::Frozen),
+            "full" => Ok(Self::Full),
+            _ => match s.strip_prefix("partial:") {
+                Some(n) => Ok(Self::Partial(n.parse().with_context(|| {
+                    format!("`{s}`: the N of partial:N must be a whole number")
+                })?)),
+                None => bail!("unknown fine-tuning mode `{s}`: expected frozen, full or partial:N"),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for Freeze {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Freeze> for String {
+    fn from(f: Freeze) -> String {
+        f.to_string()
+    }
+}
+
+impl fmt::Display for Freeze {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Frozen => write!(f, "frozen"),
+            Self::Full => write!(f, "full"),
+            Self::Partial(n) => write!(f, "partial:{n}"),
+        }
+    }
+}
+
+/// Where a parameter sits in the network, counted from the input.
+///
+/// For a backbone with `L` blocks: depth 0 is the embeddings, depth `i + 1` is block `i`, and
+/// depth `L + 1` is the final norm and anything added after it (task heads). Layer-wise
+/// learning-rate decay scales the rate of depth `d` by `decay^(L + 1 - d)`.
+pub type Depth = usize;
+
+impl Freeze {
+    /// Whether a parameter at `depth` trains, in a backbone of `num_blocks` blocks.
+    pub fn trains(self, depth: Depth, num_blocks: usize) -> bool {
+        match self {
+            Self::Frozen => false,
+            Self::Full => true,
+            Self::Partial(n) => depth > num_blocks.saturating_sub(n) && depth > 0,
+        }
+    }
+}
+
+/// One named parameter.
+#[derive(Clone)]
+pub struct Param {
+    pub name: String,
+    pub depth: Depth,
+    /// Whether weight decay applies (not to norms, biases, position and class tokens).
+    pub decay: bool,
+    tensor: Tensor,
+    var: Option<Var>,
+}
+
+impl Param {
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+    pub fn var(&self) -> Option<&Var> {
+        self.var.as_ref()
+    }
+    pub fn trainable(&self) -> bool {
+        self.var.is_some()
+    }
+}
+
+impl fmt::Debug for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:?} depth={} {}",
+            self.name,
+            self.tensor.dims(),
+            self.depth,
+            if self.trainable() { "trainable" } else { "frozen" }
+        )
+    }
+}
+
+/// Whether weight decay is due for a parameter of this name and rank.
+///
+/// Decay is skipped for anything one-dimensional (biases, norm scales, layer scales) and for
+/// learned position and class tokens, as in BEiT, ViTDet and the Hugging Face Trainer.
+pub fn decay_applies(name: &str, rank: usize) -> bool {
+    rank > 1
+        && !name.contains("position_embeddings")
+        && !name.contains("cls_token")
+        && !name.contains("mask_token")
+        && !name.contains("LayerNorm")
+        && !name.contains("layernorm")
+        && !name.contains("norm")
+}
+
+/// All parameters of a model, in a stable (name) order.
+#[derive(Default, Clone)]
+pub struct ParamStore {
+    params: BTreeMap<String, Param>,
+    /// The depth of the final norm and of heads (`L + 1`); 0 while no backbone is loaded.
+    pub top_depth: Depth,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a parameter; it trains if `trainable`.
+    pub fn insert(&mut self, name: &str, tensor: Tensor, depth: Depth, trainable: bool) -> Result<Tensor> {
+        if self.params.contains_key(name) {
+            bail!("parameter `{name}` is defined twice");
+        }
+        let tensor = tensor.to_dtype(DType::F32)?;
+        let (tensor, var) = if trainable {
+            let var = Var::from_tensor(&tensor)?;
+            (var.as_tensor().clone(), Some(var))
+        } else {
+            (tensor.detach(), None)
+        };
+        let param = Param {
+            name: name.to_string(),
+            depth,
+            decay: decay_applies(name, tensor.rank()),
+            tensor: tensor.clone(),
+            var,
+        };
+        self.params.insert(name.to_string(), param);
+        Ok(tensor)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.params.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Param> {
+        self.params.values()
+    }
+
+    pub fn trainable(&self) -> impl Iterator<Item = &Param> {
+        self.params.values().filter(|p| p.trainable())
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Number of scalars, trainable and in all.
+    pub fn counts(&self) -> (usize, usize) {
+        let total = self.iter().map(|p| p.tensor.elem_count()).sum();
+        let trainable = self.trainable().map(|p| p.tensor.elem_count()).sum();
+        (trainable, total)
+    }
+
+    /// Writes every parameter (trainable or not) to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tensors: Vec<(String, Tensor)> =
+            self.iter().map(|p| (p.name.clone(), p.tensor.clone())).collect();
+        candle_core::safetensors::save(&tensors.into_iter().collect(), path)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Tensors read from one or more safetensors files, with a name prefix stripped if present.
+pub struct WeightFile {
+    tensors: std::collections::HashMap<String, Tensor>,
+    path: String,
+}
+
+impl WeightFile {
+    /// Loads every tensor of `path` to `device`; names starting with one of `strip_prefixes`
+    /// lose that prefix (checkpoints saved from a task model carry e.g. `bert.`).
+    pub fn load(path: &Path, strip_prefixes: &[&str], device: &Device) -> Result<Self> {
+        let raw = candle_core::safetensors::load(path, device)
+            .with_context(|| format!("reading weights from {}", path.display()))?;
+        let prefix = strip_prefixes
+            .iter()
+            .find(|p| raw.keys().any(|k| k.starts_with(*p)));
+        let tensors = raw
+            .into_iter()
+            .map(|(k, v)| match prefix.and_then(|p| k.strip_prefix(p)) {
+                Some(stripped) => (stripped.to_string(), v),
+                None => (k, v),
+            })
+            .collect();
+        Ok(Self { tensors, path: path.display().to_string() })
+    }
+
+    /// The tensor `name`, checked to have `shape`.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .remove(name)
+            .with_context(|| format!("{}: tensor `{name}` is missing", self.path))?;
+        if t.dims() != shape {
+            bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", self.path, t.dims(), shape);
+        }
+        Ok(t)
+    }
+
+    /// The first of `names` that exists (old BERT checkpoints say `gamma`/`beta` for norms).
+    pub fn take_any(&mut self, names: &[String], shape: &[usize]) -> Result<(String, Tensor)> {
+        for n in names {
+            if self.tensors.contains_key(n) {
+                return Ok((n.clone(), self.take(n, shape)?));
+            }
+        }
+        bail!("{}: none of the tensors {:?} is present", self.path, names)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}

