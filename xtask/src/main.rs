@@ -29,7 +29,9 @@ enum ModelsCommand {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Models { command: ModelsCommand::List } => {
+        Command::Models {
+            command: ModelsCommand::List,
+        } => {
             let root = downstream_hub::root();
             for m in downstream_hub::manifest::all()? {
                 let cached = root.join(&m.name).join(".complete").is_file();
@@ -42,12 +44,17 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Models { command: ModelsCommand::Fetch { names } } => {
+        Command::Models {
+            command: ModelsCommand::Fetch { names },
+        } => {
             let all = downstream_hub::manifest::all()?;
             let chosen: Vec<_> = if names.is_empty() {
                 all
             } else {
-                names.iter().map(|n| downstream_hub::manifest::find(n)).collect::<Result<_>>()?
+                names
+                    .iter()
+                    .map(|n| downstream_hub::manifest::find(n))
+                    .collect::<Result<_>>()?
             };
             for m in chosen {
                 let dir = downstream_hub::ensure(&m, &downstream_hub::root())?;

@@ -32,7 +32,10 @@ pub fn coverage(params: &ParamStore, grads: &GradStore) -> Result<Coverage> {
         match grads.get(var.as_tensor()) {
             None => c.missing.push(p.name.clone()),
             Some(g) => {
-                let v: Vec<f32> = g.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                let v: Vec<f32> = g
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
                 if v.iter().any(|x| !x.is_finite()) {
                     c.non_finite.push(p.name.clone());
                 } else if v.iter().all(|&x| x == 0.0) {

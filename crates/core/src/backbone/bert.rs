@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 
-use crate::nn::{ops, Linear, LayerNorm, Loader, SelfAttention};
+use crate::nn::{ops, LayerNorm, Linear, Loader, SelfAttention};
 use crate::params::{Freeze, ParamStore, WeightFile};
 
 struct Layer {
@@ -61,26 +61,56 @@ impl Bert {
         Ok((model, store))
     }
 
-    pub fn from_weights(config: Config, file: &mut WeightFile, store: &mut ParamStore, freeze: Freeze) -> Result<Self> {
+    pub fn from_weights(
+        config: Config,
+        file: &mut WeightFile,
+        store: &mut ParamStore,
+        freeze: Freeze,
+    ) -> Result<Self> {
         if config.hidden_act != HiddenAct::Gelu {
-            bail!("hidden_act {:?} is not supported (only exact gelu)", config.hidden_act);
+            bail!(
+                "hidden_act {:?} is not supported (only exact gelu)",
+                config.hidden_act
+            );
         }
         if config.position_embedding_type != PositionEmbeddingType::Absolute {
             bail!("only absolute position embeddings are supported");
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
-            bail!("hidden_size {} is not divisible by {} heads", config.hidden_size, config.num_attention_heads);
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
+            bail!(
+                "hidden_size {} is not divisible by {} heads",
+                config.hidden_size,
+                config.num_attention_heads
+            );
         }
         let d = config.hidden_size;
         let n = config.num_hidden_layers;
         let eps = config.layer_norm_eps;
         store.top_depth = n + 1;
-        let mut ld = Loader { file, store, freeze, num_blocks: n };
-        let word_embeddings = ld.param("embeddings.word_embeddings.weight", &[config.vocab_size, d], 0)?;
-        let position_embeddings =
-            ld.param("embeddings.position_embeddings.weight", &[config.max_position_embeddings, d], 0)?;
-        let token_type_embeddings =
-            ld.param("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, d], 0)?;
+        let mut ld = Loader {
+            file,
+            store,
+            freeze,
+            num_blocks: n,
+        };
+        let word_embeddings = ld.param(
+            "embeddings.word_embeddings.weight",
+            &[config.vocab_size, d],
+            0,
+        )?;
+        let position_embeddings = ld.param(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, d],
+            0,
+        )?;
+        let token_type_embeddings = ld.param(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, d],
+            0,
+        )?;
         let embeddings_norm = ld.layer_norm("embeddings.LayerNorm", d, eps, 0)?;
         let mut layers = Vec::with_capacity(n);
         for i in 0..n {
@@ -95,13 +125,35 @@ impl Bert {
             };
             layers.push(Layer {
                 attention,
-                attention_norm: ld.layer_norm(&format!("{p}.attention.output.LayerNorm"), d, eps, depth)?,
-                intermediate: ld.linear(&format!("{p}.intermediate.dense"), d, config.intermediate_size, depth)?,
-                output: ld.linear(&format!("{p}.output.dense"), config.intermediate_size, d, depth)?,
+                attention_norm: ld.layer_norm(
+                    &format!("{p}.attention.output.LayerNorm"),
+                    d,
+                    eps,
+                    depth,
+                )?,
+                intermediate: ld.linear(
+                    &format!("{p}.intermediate.dense"),
+                    d,
+                    config.intermediate_size,
+                    depth,
+                )?,
+                output: ld.linear(
+                    &format!("{p}.output.dense"),
+                    config.intermediate_size,
+                    d,
+                    depth,
+                )?,
                 output_norm: ld.layer_norm(&format!("{p}.output.LayerNorm"), d, eps, depth)?,
             });
         }
-        Ok(Self { config, word_embeddings, position_embeddings, token_type_embeddings, embeddings_norm, layers })
+        Ok(Self {
+            config,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            layers,
+        })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -119,13 +171,23 @@ impl Bert {
 
     /// Last hidden states and, if asked, every hidden state (embeddings output, then each
     /// block's output), as `output_hidden_states=True` gives them.
-    pub fn forward_with_hidden(&self, batch: &TextBatch, keep: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_with_hidden(
+        &self,
+        batch: &TextBatch,
+        keep: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t) = batch.input_ids.dims2()?;
         if t > self.config.max_position_embeddings {
-            bail!("sequence of {t} tokens exceeds the model's {} positions", self.config.max_position_embeddings);
+            bail!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                self.config.max_position_embeddings
+            );
         }
         let ids = batch.input_ids.flatten_all()?;
-        let words = self.word_embeddings.index_select(&ids, 0)?.reshape((b, t, ()))?;
+        let words = self
+            .word_embeddings
+            .index_select(&ids, 0)?
+            .reshape((b, t, ()))?;
         let types = self
             .token_type_embeddings
             .index_select(&batch.token_type_ids.flatten_all()?, 0)?

@@ -19,7 +19,11 @@ pub const DEFAULT_VISION: &str = "dinov2-s14";
 
 /// A text backbone from a model name (fetched on first use) or an HF-layout folder, with its
 /// tokenizer truncating at the model's position limit.
-pub fn load_text(spec: &str, freeze: Freeze, device: &Device) -> Result<(Bert, TextTokenizer, ParamStore)> {
+pub fn load_text(
+    spec: &str,
+    freeze: Freeze,
+    device: &Device,
+) -> Result<(Bert, TextTokenizer, ParamStore)> {
     let dir = downstream_hub::resolve(spec)?;
     let (model, params) = Bert::load(&dir, freeze, device)?;
     let tok_path = dir.join("tokenizer.json");

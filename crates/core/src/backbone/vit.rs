@@ -80,8 +80,14 @@ impl VitConfig {
 }
 
 enum Mlp {
-    Vit { intermediate: Linear, output: Linear },
-    Dinov2 { fc1: Linear, fc2: Linear },
+    Vit {
+        intermediate: Linear,
+        output: Linear,
+    },
+    Dinov2 {
+        fc1: Linear,
+        fc2: Linear,
+    },
 }
 
 struct Block {
@@ -102,7 +108,10 @@ impl Block {
         let x = (a + x)?;
         let h = self.norm2.forward(&x)?;
         let mut m = match &self.mlp {
-            Mlp::Vit { intermediate, output } => output.forward(&ops::gelu(&intermediate.forward(&h)?)?)?,
+            Mlp::Vit {
+                intermediate,
+                output,
+            } => output.forward(&ops::gelu(&intermediate.forward(&h)?)?)?,
             Mlp::Dinov2 { fc1, fc2 } => fc2.forward(&ops::gelu(&fc1.forward(&h)?)?)?,
         };
         if let Some(s) = &self.scale2 {
@@ -148,7 +157,10 @@ impl VitOutput {
 /// `[B, 1 + h*w, D]` tokens (CLS first) to a `[B, D, h, w]` patch map.
 pub fn tokens_to_map(tokens: &Tensor, (h, w): (usize, usize)) -> candle_core::Result<Tensor> {
     let (b, n, d) = tokens.dims3()?;
-    tokens.narrow(1, n - h * w, h * w)?.transpose(1, 2)?.reshape((b, d, h, w))
+    tokens
+        .narrow(1, n - h * w, h * w)?
+        .transpose(1, 2)?
+        .reshape((b, d, h, w))
 }
 
 /// A ViT or DINOv2 encoder. Its parameters live in the [`ParamStore`] returned by [`Vit::load`].
@@ -172,17 +184,26 @@ impl Vit {
                 .with_context(|| format!("reading {}", config_path.display()))?,
         )
         .with_context(|| format!("{}: not a ViT/DINOv2 config", config_path.display()))?;
-        let mut file = WeightFile::load(&dir.join("model.safetensors"), &["vit.", "dinov2."], device)?;
+        let mut file =
+            WeightFile::load(&dir.join("model.safetensors"), &["vit.", "dinov2."], device)?;
         let mut store = ParamStore::new();
         let model = Self::from_weights(config, &mut file, &mut store, freeze)
             .with_context(|| format!("loading vision backbone from {}", dir.display()))?;
         Ok((model, store))
     }
 
-    pub fn from_weights(config: VitConfig, file: &mut WeightFile, store: &mut ParamStore, freeze: Freeze) -> Result<Self> {
+    pub fn from_weights(
+        config: VitConfig,
+        file: &mut WeightFile,
+        store: &mut ParamStore,
+        freeze: Freeze,
+    ) -> Result<Self> {
         let layout = config.layout()?;
         if config.hidden_act != "gelu" {
-            bail!("hidden_act `{}` is not supported (only exact gelu)", config.hidden_act);
+            bail!(
+                "hidden_act `{}` is not supported (only exact gelu)",
+                config.hidden_act
+            );
         }
         if config.use_swiglu_ffn {
             bail!("SwiGLU feed-forward blocks (DINOv2 giant) are not supported");
@@ -198,11 +219,24 @@ impl Vit {
         let mlp = config.mlp_size();
         let grid = config.base_grid();
         store.top_depth = n + 1;
-        let mut ld = Loader { file, store, freeze, num_blocks: n };
-        let patch_weight = ld.param("embeddings.patch_embeddings.projection.weight", &[d, c, p, p], 0)?;
+        let mut ld = Loader {
+            file,
+            store,
+            freeze,
+            num_blocks: n,
+        };
+        let patch_weight = ld.param(
+            "embeddings.patch_embeddings.projection.weight",
+            &[d, c, p, p],
+            0,
+        )?;
         let patch_bias = ld.param("embeddings.patch_embeddings.projection.bias", &[d], 0)?;
         let cls_token = ld.param("embeddings.cls_token", &[1, 1, d], 0)?;
-        let position_embeddings = ld.param("embeddings.position_embeddings", &[1, 1 + grid * grid, d], 0)?;
+        let position_embeddings = ld.param(
+            "embeddings.position_embeddings",
+            &[1, 1 + grid * grid, d],
+            0,
+        )?;
         let mut blocks = Vec::with_capacity(n);
         for i in 0..n {
             let pre = format!("encoder.layer.{i}");
@@ -221,7 +255,12 @@ impl Vit {
                     scale1: None,
                     norm2: ld.layer_norm(&format!("{pre}.layernorm_after"), d, eps, depth)?,
                     mlp: Mlp::Vit {
-                        intermediate: ld.linear(&format!("{pre}.intermediate.dense"), d, mlp, depth)?,
+                        intermediate: ld.linear(
+                            &format!("{pre}.intermediate.dense"),
+                            d,
+                            mlp,
+                            depth,
+                        )?,
                         output: ld.linear(&format!("{pre}.output.dense"), mlp, d, depth)?,
                     },
                     scale2: None,
@@ -241,7 +280,16 @@ impl Vit {
             blocks.push(block);
         }
         let final_norm = ld.layer_norm("layernorm", d, eps, n + 1)?;
-        Ok(Self { config, layout, patch_weight, patch_bias, cls_token, position_embeddings, blocks, final_norm })
+        Ok(Self {
+            config,
+            layout,
+            patch_weight,
+            patch_bias,
+            cls_token,
+            position_embeddings,
+            blocks,
+            final_norm,
+        })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -265,7 +313,11 @@ impl Vit {
         }
         let d = self.hidden_size();
         let cls = self.position_embeddings.narrow(1, 0, 1)?;
-        let grid = self.position_embeddings.narrow(1, 1, s * s)?.reshape((s, s, d))?.permute((2, 0, 1))?;
+        let grid = self
+            .position_embeddings
+            .narrow(1, 1, s * s)?
+            .reshape((s, s, d))?
+            .permute((2, 0, 1))?;
         let resized = resize_bicubic(&grid.contiguous()?, h, w)?;
         let resized = resized.permute((1, 2, 0))?.reshape((1, h * w, d))?;
         Tensor::cat(&[cls, resized], 1)
@@ -277,9 +329,12 @@ impl Vit {
         let (b, c, hh, ww) = pixels.dims4()?;
         let p = self.patch_size();
         if c != self.config.num_channels {
-            bail!("input has {c} channels, the model expects {}", self.config.num_channels);
+            bail!(
+                "input has {c} channels, the model expects {}",
+                self.config.num_channels
+            );
         }
-        if hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
+        if !hh.is_multiple_of(p) || !ww.is_multiple_of(p) || hh == 0 || ww == 0 {
             bail!("input size {hh}x{ww} is not a positive multiple of the patch size {p}");
         }
         let (h, w) = (hh / p, ww / p);
@@ -299,7 +354,10 @@ impl Vit {
     /// should be returned as well.
     pub fn forward(&self, pixels: &Tensor, keep: &[usize]) -> Result<VitOutput> {
         if let Some(&bad) = keep.iter().find(|&&i| i >= self.blocks.len()) {
-            bail!("block {bad} requested, the model has {} blocks", self.blocks.len());
+            bail!(
+                "block {bad} requested, the model has {} blocks",
+                self.blocks.len()
+            );
         }
         let (mut x, grid) = self.embed(pixels)?;
         let mut blocks = Vec::new();
@@ -310,6 +368,10 @@ impl Vit {
             }
         }
         let last_hidden_state = self.final_norm.forward(&x)?;
-        Ok(VitOutput { last_hidden_state, grid, blocks })
+        Ok(VitOutput {
+            last_hidden_state,
+            grid,
+            blocks,
+        })
     }
 }

@@ -49,7 +49,9 @@ pub fn resize_bicubic(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
     }
     let dev = x.device();
     let wh = Tensor::from_vec(bicubic_weights(in_h, out_h), (1, out_h, in_h), dev)?;
-    let ww_t = Tensor::from_vec(bicubic_weights(in_w, out_w), (out_w, in_w), dev)?.t()?.unsqueeze(0)?;
+    let ww_t = Tensor::from_vec(bicubic_weights(in_w, out_w), (out_w, in_w), dev)?
+        .t()?
+        .unsqueeze(0)?;
     wh.broadcast_matmul(x)?.broadcast_matmul(&ww_t)
 }
 
@@ -63,7 +65,11 @@ mod tests {
         for o in 0..5 {
             for i in 0..5 {
                 let want = if o == i { 1.0 } else { 0.0 };
-                assert!((w[o * 5 + i] - want).abs() < 1e-6, "{o} {i}: {}", w[o * 5 + i]);
+                assert!(
+                    (w[o * 5 + i] - want).abs() < 1e-6,
+                    "{o} {i}: {}",
+                    w[o * 5 + i]
+                );
             }
         }
     }

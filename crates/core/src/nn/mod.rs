@@ -24,23 +24,40 @@ impl Loader<'_> {
     }
 
     /// A norm's scale and shift, accepting the old `gamma`/`beta` names.
-    pub fn layer_norm(&mut self, prefix: &str, dim: usize, eps: f64, depth: Depth) -> Result<LayerNorm> {
+    pub fn layer_norm(
+        &mut self,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        depth: Depth,
+    ) -> Result<LayerNorm> {
         let trains = self.freeze.trains(depth, self.num_blocks);
         let mut take = |new: &str, old: &str| -> Result<Tensor> {
-            let (_, t) = self
-                .file
-                .take_any(&[format!("{prefix}.{new}"), format!("{prefix}.{old}")], &[dim])?;
-            self.store.insert(&format!("{prefix}.{new}"), t, depth, trains)
+            let (_, t) = self.file.take_any(
+                &[format!("{prefix}.{new}"), format!("{prefix}.{old}")],
+                &[dim],
+            )?;
+            self.store
+                .insert(&format!("{prefix}.{new}"), t, depth, trains)
         };
         let weight = take("weight", "gamma")?;
         let bias = take("bias", "beta")?;
         Ok(LayerNorm { weight, bias, eps })
     }
 
-    pub fn linear(&mut self, prefix: &str, in_dim: usize, out_dim: usize, depth: Depth) -> Result<Linear> {
+    pub fn linear(
+        &mut self,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        depth: Depth,
+    ) -> Result<Linear> {
         let weight = self.param(&format!("{prefix}.weight"), &[out_dim, in_dim], depth)?;
         let bias = self.param(&format!("{prefix}.bias"), &[out_dim], depth)?;
-        Ok(Linear { weight, bias: Some(bias) })
+        Ok(Linear {
+            weight,
+            bias: Some(bias),
+        })
     }
 }
 
