@@ -1,0 +1,95 @@
+//! Checkpoints: trainable weights, optimizer moments and the training position in one
+//! safetensors file, with the position and resolved configuration in its metadata. Written
+//! atomically, so a crash while saving leaves the previous checkpoint loadable.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::AdamW;
+use crate::params::ParamStore;
+
+/// Where a run stands: enough, with the seed, to continue it exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer updates done so far (also the scheduler's position).
+    pub step: u64,
+    /// The epoch the next update belongs to.
+    pub epoch: usize,
+    /// The index, within that epoch, of the next batch.
+    pub batch: usize,
+    /// The seed every random choice derives from (see [`super::rng`]).
+    pub seed: u64,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Evaluations since the best one, for early stopping.
+    pub evals_since_best: usize,
+    /// Whether the run has ended (finished or stopped early).
+    pub finished: bool,
+}
+
+const STATE_KEY: &str = "downstream.state";
+const CONFIG_KEY: &str = "downstream.config";
+
+pub struct Checkpoint {
+    pub tensors: HashMap<String, Tensor>,
+    pub state: TrainState,
+    /// The resolved run configuration, as JSON.
+    pub config: serde_json::Value,
+}
+
+/// Saves the trainable parameters (`param.NAME`), the optimizer state and `state` to `path`.
+pub fn save(
+    path: &Path,
+    params: &ParamStore,
+    optimizer: &AdamW,
+    state: &TrainState,
+    config: &serde_json::Value,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> =
+        params.trainable().map(|p| (format!("param.{}", p.name), p.tensor().clone())).collect();
+    tensors.extend(optimizer.state());
+    let metadata = HashMap::from([
+        (STATE_KEY.to_string(), serde_json::to_string(state)?),
+        (CONFIG_KEY.to_string(), serde_json::to_string(config)?),
+    ]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .context("serialising the checkpoint")?;
+    crate::atomic::write(path, &bytes)
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .with_context(|| format!("{}: not a safetensors checkpoint", path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let state: TrainState = serde_json::from_str(
+        meta.get(STATE_KEY).with_context(|| format!("{}: no training state in the checkpoint", path.display()))?,
+    )
+    .with_context(|| format!("{}: malformed training state", path.display()))?;
+    let config = match meta.get(CONFIG_KEY) {
+        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: malformed configuration", path.display()))?,
+        None => serde_json::Value::Null,
+    };
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .with_context(|| format!("{}: reading tensors", path.display()))?;
+    Ok(Checkpoint { tensors, state, config })
+}
+
+impl Checkpoint {
+    /// Copies the saved weights into `params`' trainable parameters; every one must be present.
+    pub fn restore_params(&self, params: &ParamStore) -> Result<()> {
+        for p in params.trainable() {
+            let key = format!("param.{}", p.name);
+            let t = self.tensors.get(&key).with_context(|| format!("checkpoint has no `{key}`"))?;
+            if t.dims() != p.tensor().dims() {
+                bail!("checkpoint `{key}` has shape {:?}, the model {:?}", t.dims(), p.tensor().dims());
+            }
+            p.var().expect("trainable").set(t)?;
+        }
+        Ok(())
+    }
+}

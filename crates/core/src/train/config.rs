@@ -1,0 +1,207 @@
+//! Run configuration: a TOML file, command-line overrides on top, and the resolved result
+//! saved with the run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::feature_cache::CacheKind;
+use super::optimizer::AdamWConfig;
+use crate::params::Freeze;
+
+/// The settings every task's training shares.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A named backbone (`dinov2-s14`, `minilm-l6`) or a Hugging Face-layout folder.
+    pub backbone: String,
+    /// `frozen`, `full` or `partial:N`.
+    pub mode: Freeze,
+    pub epochs: usize,
+    /// Examples per optimizer step.
+    pub batch: usize,
+    /// Examples per forward/backward pass; gradients of `batch / micro_batch` passes are
+    /// summed into one step. Equal to `batch` unless memory is short.
+    pub micro_batch: Option<usize>,
+    /// Peak learning rate (of the head and the top block).
+    pub lr: f64,
+    /// Warm-up steps; if absent, `warmup_fraction` of all steps.
+    pub warmup_steps: Option<u64>,
+    pub warmup_fraction: f64,
+    /// Final rate as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    pub optimizer: AdamWConfig,
+    /// Clip gradients to this global L2 norm.
+    pub clip_norm: Option<f64>,
+    pub seed: u64,
+    /// Evaluate every this many epochs (and after the last).
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improvement.
+    pub patience: Option<usize>,
+    /// Also save the last checkpoint every this many steps (it is always saved per epoch).
+    pub checkpoint_every: Option<u64>,
+    pub feature_cache: CacheKind,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            backbone: crate::backbone::DEFAULT_VISION.into(),
+            mode: Freeze::Frozen,
+            epochs: 10,
+            batch: 16,
+            micro_batch: None,
+            lr: 1e-3,
+            warmup_steps: None,
+            warmup_fraction: 0.05,
+            min_lr_ratio: 0.01,
+            optimizer: AdamWConfig::default(),
+            clip_norm: Some(1.0),
+            seed: 0,
+            eval_every: 1,
+            patience: None,
+            checkpoint_every: None,
+            feature_cache: CacheKind::Memory,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn micro(&self) -> usize {
+        self.micro_batch.unwrap_or(self.batch).clamp(1, self.batch.max(1))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.batch > 0, "batch must be at least 1");
+        anyhow::ensure!(self.epochs > 0, "epochs must be at least 1");
+        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");
+        anyhow::ensure!(self.eval_every > 0, "eval_every must be at least 1");
+        anyhow::ensure!(
+            self.optimizer.layer_decay > 0.0 && self.optimizer.layer_decay <= 1.0,
+            "layer_decay must be in (0, 1]"
+        );
+        Ok(())
+    }
+}
+
+/// Command-line overrides of [`TrainConfig`], shared by every task's `train` command.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TrainArgs {
+    /// TOML configuration file; flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Backbone: a model name (dinov2-s14, minilm-l6) or a Hugging Face-layout folder.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Fine-tuning mode: frozen (head only; small data), full (everything; large data),
+    /// partial:N (last N blocks and the head).
+    #[arg(long)]
+    pub mode: Option<Freeze>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Examples per optimizer step.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Examples per forward pass (gradient accumulation when smaller than --batch).
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Layer-wise learning-rate decay factor, e.g. 0.75 (1 = none).
+    #[arg(long)]
+    pub layer_decay: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Gradient clipping by global norm.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Early stopping: evaluations without improvement before stopping.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Save the last checkpoint every N steps as well as every epoch.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Where frozen-backbone features are cached.
+    #[arg(long, value_enum)]
+    pub feature_cache: Option<CacheKind>,
+}
+
+impl TrainArgs {
+    /// Applies the flags that were given on top of `cfg`.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(v) = &self.$field { cfg.$field = v.clone().into(); })*};
+        }
+        set!(backbone, mode, epochs, batch, lr, seed, feature_cache);
+        if let Some(v) = self.micro_batch {
+            cfg.micro_batch = Some(v);
+        }
+        if let Some(v) = self.warmup_steps {
+            cfg.warmup_steps = Some(v);
+        }
+        if let Some(v) = self.clip_norm {
+            cfg.clip_norm = Some(v);
+        }
+        if let Some(v) = self.patience {
+            cfg.patience = Some(v);
+        }
+        if let Some(v) = self.checkpoint_every {
+            cfg.checkpoint_every = Some(v);
+        }
+        if let Some(v) = self.layer_decay {
+            cfg.optimizer.layer_decay = v;
+        }
+        if let Some(v) = self.weight_decay {
+            cfg.optimizer.weight_decay = v;
+        }
+    }
+}
+
+/// Reads a TOML configuration; errors name the file and the offending line.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes the resolved configuration as TOML, atomically.
+pub fn save_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = toml::to_string_pretty(value).context("serialising the configuration")?;
+    crate::atomic::write(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_are_overridden_by_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "epochs = 3\nlr = 0.01\nmode = \"partial:2\"\n[optimizer]\nlayer_decay = 0.7\n").unwrap();
+        let mut cfg: TrainConfig = load_toml(&path).unwrap();
+        assert_eq!((cfg.epochs, cfg.lr, cfg.mode), (3, 0.01, Freeze::Partial(2)));
+        assert_eq!(cfg.optimizer.layer_decay, 0.7);
+        assert_eq!(cfg.optimizer.beta2, 0.999, "unset fields keep their defaults");
+        let args = TrainArgs { epochs: Some(5), mode: Some(Freeze::Full), ..Default::default() };
+        args.apply(&mut cfg);
+        assert_eq!((cfg.epochs, cfg.lr, cfg.mode), (5, 0.01, Freeze::Full));
+        save_toml(&dir.path().join("resolved.toml"), &cfg).unwrap();
+        let back: TrainConfig = load_toml(&dir.path().join("resolved.toml")).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
+        let err = load_toml::<TrainConfig>(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("learning_rate"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The fine-tuning engine every task shares. A task hands it a model (backbone + head, as a
+//! [`Task`]), data sets and a configuration; the engine runs the loop, caches frozen
+//! features, schedules, clips, accumulates, checkpoints, resumes, evaluates, stops early,
+//! logs and plots. One concept per module.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod feature_cache;
+pub mod optimizer;
+pub mod progress;
+pub mod rng;
+pub mod scheduler;
+pub mod task;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use data::Dataset;
+pub use task::{Features, Metrics, Task};
+pub use trainer::{fit, FitReport};

@@ -1,0 +1,200 @@
+//! AdamW with parameter groups (layer-wise learning-rate decay, weight decay only where due),
+//! gradient accumulation and clipping, and a state that checkpoints can save and restore
+//! (candle's own AdamW exposes none).
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::params::{Depth, ParamStore};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices only (see [`crate::params::decay_applies`]).
+    pub weight_decay: f64,
+    /// Each block's rate is the one above it times this factor (1.0: no decay).
+    pub layer_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05, layer_decay: 1.0 }
+    }
+}
+
+/// The learning-rate multiplier of a parameter at `depth` when the top (final norm and
+/// heads) is `top`: `decay^(top - depth)`, as in BEiT and ViTDet fine-tuning.
+pub fn layer_scale(depth: Depth, top: Depth, decay: f64) -> f64 {
+    decay.powi(top.saturating_sub(depth) as i32)
+}
+
+/// Summed gradients of the trainable parameters, by name.
+#[derive(Default)]
+pub struct Grads {
+    by_name: BTreeMap<String, Tensor>,
+}
+
+impl Grads {
+    /// Adds the gradients one backward pass produced for `params`' trainable parameters.
+    pub fn accumulate(&mut self, params: &ParamStore, store: &GradStore) -> Result<()> {
+        for p in params.trainable() {
+            let var = p.var().expect("trainable");
+            let Some(g) = store.get(var.as_tensor()) else { continue };
+            let g = g.detach();
+            let sum = match self.by_name.remove(&p.name) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.by_name.insert(p.name.clone(), sum);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The L2 norm of all gradients together.
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut total = 0f64;
+        for g in self.by_name.values() {
+            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Scales all gradients so their global norm is at most `max_norm`, as PyTorch's
+    /// `clip_grad_norm_` does; returns the norm before clipping.
+    pub fn clip(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in self.by_name.values_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+        Ok(norm)
+    }
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    lr_scale: f64,
+    weight_decay: f64,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// Per-parameter settings, for inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub lr_scale: f64,
+    pub weight_decay: f64,
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    slots: Vec<Slot>,
+    /// Updates applied so far.
+    step: u64,
+}
+
+impl AdamW {
+    /// An optimizer over every trainable parameter of `params`.
+    pub fn new(params: &ParamStore, config: AdamWConfig) -> Result<Self> {
+        let top = params.top_depth;
+        let mut slots = Vec::new();
+        for p in params.trainable() {
+            let var = p.var().expect("trainable").clone();
+            slots.push(Slot {
+                name: p.name.clone(),
+                lr_scale: layer_scale(p.depth, top, config.layer_decay),
+                weight_decay: if p.decay { config.weight_decay } else { 0.0 },
+                m: var.as_tensor().zeros_like()?,
+                v: var.as_tensor().zeros_like()?,
+                var,
+            });
+        }
+        if slots.is_empty() {
+            bail!("nothing to train: every parameter is frozen");
+        }
+        Ok(Self { config, slots, step: 0 })
+    }
+
+    pub fn groups(&self) -> Vec<Group> {
+        self.slots
+            .iter()
+            .map(|s| Group { name: s.name.clone(), lr_scale: s.lr_scale, weight_decay: s.weight_decay })
+            .collect()
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// One update at base rate `lr`, in PyTorch's AdamW order: decay, moments, bias-corrected
+    /// step. Parameters without a gradient are left alone (their moments too).
+    pub fn step(&mut self, grads: &Grads, lr: f64) -> Result<()> {
+        self.step += 1;
+        let c = &self.config;
+        let t = self.step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        for s in &mut self.slots {
+            let Some(g) = grads.get(&s.name) else { continue };
+            let lr = lr * s.lr_scale;
+            let mut p = s.var.as_tensor().detach();
+            if s.weight_decay != 0.0 {
+                p = (p * (1.0 - lr * s.weight_decay))?;
+            }
+            s.m = ((&s.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((s.v.sqrt()? / bc2.sqrt())? + c.eps)?;
+            let update = (s.m.div(&denom)? * (lr / bc1))?;
+            s.var.set(&(p - update)?)?;
+        }
+        Ok(())
+    }
+
+    /// Moments as named tensors (`adamw.m.NAME`, `adamw.v.NAME`), for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            out.push((format!("adamw.m.{}", s.name), s.m.clone()));
+            out.push((format!("adamw.v.{}", s.name), s.v.clone()));
+        }
+        out
+    }
+
+    /// Restores moments and the step count saved by [`AdamW::state`].
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
+        for s in &mut self.slots {
+            for (kind, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let key = format!("adamw.{kind}.{}", s.name);
+                let t = tensors.get(&key).with_context(|| format!("checkpoint has no optimizer state `{key}`"))?;
+                if t.dims() != slot.dims() {
+                    bail!("optimizer state `{key}` has shape {:?}, the parameter {:?}", t.dims(), slot.dims());
+                }
+                *slot = t.to_device(slot.device())?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
