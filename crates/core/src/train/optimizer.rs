@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::params::{Depth, ParamStore};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
