@@ -132,6 +132,25 @@ pub struct TrainArgs {
     pub feature_cache: Option<CacheKind>,
 }
 
+/// Where a run's folder is and whether it continues an earlier one.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run name: output goes to RUNS_DIR/<task>/<name>/.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Continue the run from its last checkpoint, with the configuration it was started with.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl RunArgs {
+    pub fn dir(&self, task: &str) -> PathBuf {
+        self.runs_dir.join(task).join(&self.name)
+    }
+}
+
 impl TrainArgs {
     /// Applies the flags that were given on top of `cfg`.
     pub fn apply(&self, cfg: &mut TrainConfig) {

@@ -199,3 +199,59 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn three_steps_match_pytorch_adamw() {
+        // torch.optim.AdamW, betas (0.9, 0.999), eps 1e-8; the matrix with lr 0.1 and weight
+        // decay 0.1, the bias with lr 0.05 and none. Values printed by torch 2.15.
+        let dev = Device::Cpu;
+        let mut params = ParamStore::new();
+        params.top_depth = 1;
+        let w = Tensor::new(&[[1.0f32, -2.0], [0.5, 3.0]], &dev).unwrap();
+        let b = Tensor::new(&[0.25f32, -0.75], &dev).unwrap();
+        params.insert("layer.weight", w, 1, true).unwrap();
+        params.insert("layer.bias", b, 0, true).unwrap();
+        let cfg = AdamWConfig { weight_decay: 0.1, layer_decay: 0.5, ..Default::default() };
+        let mut opt = AdamW::new(&params, cfg).unwrap();
+        let steps = [
+            ([[0.5f32, 0.1], [-0.3, 2.0]], [1.0f32, -0.2]),
+            ([[-0.5, 0.4], [0.0, 1.0]], [0.3, 0.3]),
+            ([[0.2, 0.2], [0.7, -1.0]], [-1.0, 0.1]),
+        ];
+        for (gw, gb) in steps {
+            let mut grads = Grads::default();
+            grads.by_name.insert("layer.weight".into(), Tensor::new(&gw, &dev).unwrap());
+            grads.by_name.insert("layer.bias".into(), Tensor::new(&gb, &dev).unwrap());
+            opt.step(&grads, 0.1).unwrap();
+        }
+        let got_w: Vec<Vec<f32>> = params.get("layer.weight").unwrap().tensor().to_vec2().unwrap();
+        let got_b: Vec<f32> = params.get("layer.bias").unwrap().tensor().to_vec1().unwrap();
+        let want_w = [[0.8640158f32, -2.2155554], [0.611156, 2.680931]];
+        let want_b = [0.15544675f32, -0.73015177];
+        for i in 0..2 {
+            assert!((got_b[i] - want_b[i]).abs() < 1e-6, "bias {got_b:?}");
+            for j in 0..2 {
+                assert!((got_w[i][j] - want_w[i][j]).abs() < 1e-6, "weight {got_w:?}");
+            }
+        }
+        assert_eq!(opt.steps_taken(), 3);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let dev = Device::Cpu;
+        let mut grads = Grads::default();
+        grads.by_name.insert("a".into(), Tensor::new(&[3.0f32, 0.0], &dev).unwrap());
+        grads.by_name.insert("b".into(), Tensor::new(&[4.0f32], &dev).unwrap());
+        let before = grads.clip(1.0).unwrap();
+        assert!((before - 5.0).abs() < 1e-9);
+        assert!((grads.global_norm().unwrap() - 1.0).abs() < 1e-5);
+        // Under the limit nothing changes.
+        assert!((grads.clip(10.0).unwrap() - grads.global_norm().unwrap()).abs() < 1e-12);
+    }
+}

@@ -207,15 +207,6 @@ impl Progress {
     }
 }
 
-impl Drop for Progress {
-    fn drop(&mut self) {
-        // An abandoned bar would keep its ticker thread redrawing over whatever is printed next.
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-        }
-    }
-}
-
 fn step_summary(rec: &StepRecord) -> String {
     format!(
         "loss {} lr {:.2e} {:.1} samples/s",

@@ -1,6 +1,6 @@
 //! The training loop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -365,8 +365,3 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
-
-/// The run folder `runs/<task>/<name>` under `root`.
-pub fn run_dir(root: &Path, task: &str, name: &str) -> PathBuf {
-    root.join(task).join(name)
-}
