@@ -35,12 +35,32 @@ impl Classify {
     fn new(mode: Freeze) -> Self {
         let (vit, mut params) = Vit::load(&fixtures().join("vit"), mode, &Device::Cpu).unwrap();
         let top = params.top_depth;
-        let init: Vec<f32> = (0..CLASSES * 32).map(|i| ((i * 37 % 17) as f32 - 8.0) / 40.0).collect();
+        let init: Vec<f32> = (0..CLASSES * 32)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 40.0)
+            .collect();
         let w = params
-            .insert("head.weight", Tensor::from_vec(init, (CLASSES, 32), &Device::Cpu).unwrap(), top, true)
+            .insert(
+                "head.weight",
+                Tensor::from_vec(init, (CLASSES, 32), &Device::Cpu).unwrap(),
+                top,
+                true,
+            )
             .unwrap();
-        let b = params.insert("head.bias", Tensor::zeros(CLASSES, DType::F32, &Device::Cpu).unwrap(), top, true).unwrap();
-        Self { vit, params, w, b, frozen: mode == Freeze::Frozen }
+        let b = params
+            .insert(
+                "head.bias",
+                Tensor::zeros(CLASSES, DType::F32, &Device::Cpu).unwrap(),
+                top,
+                true,
+            )
+            .unwrap();
+        Self {
+            vit,
+            params,
+            w,
+            b,
+            frozen: mode == Freeze::Frozen,
+        }
     }
 
     fn logits(&self, features: &[&Features]) -> Result<Tensor> {
@@ -64,7 +84,9 @@ impl Task for Classify {
     fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
         let x = Tensor::stack(inputs, 0)?;
         let cls = self.vit.forward(&x, &[])?.cls()?;
-        Ok((0..inputs.len()).map(|i| vec![cls.get(i).unwrap()]).collect())
+        Ok((0..inputs.len())
+            .map(|i| vec![cls.get(i).unwrap()])
+            .collect())
     }
     fn loss(&self, features: &[&Features], targets: &[&(u32, f32)]) -> Result<Tensor> {
         let logits = self.logits(features)?;
@@ -77,14 +99,23 @@ impl Task for Classify {
         // The second target field scales the loss; a NaN there poisons it on purpose.
         let scale: Vec<f32> = targets.iter().map(|t| t.1).collect();
         let scale = Tensor::new(scale.as_slice(), &Device::Cpu)?;
-        Ok((logp.gather(&idx, 1)?.squeeze(1)? * scale)?.neg()?.sum_all()?)
+        Ok((logp.gather(&idx, 1)?.squeeze(1)? * scale)?
+            .neg()?
+            .sum_all()?)
     }
     fn predict(&self, features: &[&Features]) -> Result<Vec<u32>> {
         Ok(self.logits(features)?.argmax(D::Minus1)?.to_vec1()?)
     }
     fn evaluate(&self, outputs: Vec<u32>, targets: &[&(u32, f32)]) -> Result<Metrics> {
-        let right = outputs.iter().zip(targets).filter(|(o, t)| **o == t.0).count();
-        Ok(Metrics::from([("accuracy".to_string(), right as f64 / outputs.len() as f64)]))
+        let right = outputs
+            .iter()
+            .zip(targets)
+            .filter(|(o, t)| **o == t.0)
+            .count();
+        Ok(Metrics::from([(
+            "accuracy".to_string(),
+            right as f64 / outputs.len() as f64,
+        )]))
     }
     fn main_metric(&self) -> &str {
         "accuracy"
@@ -101,7 +132,12 @@ struct Images {
 
 impl Images {
     fn new(n: usize) -> Self {
-        Self { n, views: 2, nan_at: None, decoded: Mutex::new(Vec::new()) }
+        Self {
+            n,
+            views: 2,
+            nan_at: None,
+            decoded: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -115,13 +151,20 @@ impl Dataset for Images {
         self.decoded.lock().unwrap().push((index, view));
         let class = (index % CLASSES) as f32;
         let v: Vec<f32> = (0..3 * 32 * 32)
-            .map(|j| ((j * (index + 3) * 7919 % 1013) as f32 / 1013.0 - 0.5) + 0.3 * (class - 1.0) * ((j / 1024) as f32 - 1.0))
+            .map(|j| {
+                ((j * (index + 3) * 7919 % 1013) as f32 / 1013.0 - 0.5)
+                    + 0.3 * (class - 1.0) * ((j / 1024) as f32 - 1.0)
+            })
             .collect();
         let x = Tensor::from_vec(v, (3, 32, 32), &Device::Cpu)?;
         Ok(if view % 2 == 1 { x.flip(&[2])? } else { x })
     }
     fn target(&self, index: usize, _view: u64) -> Result<(u32, f32)> {
-        let scale = if self.nan_at == Some(index) { f32::NAN } else { 1.0 };
+        let scale = if self.nan_at == Some(index) {
+            f32::NAN
+        } else {
+            1.0
+        };
         Ok(((index % CLASSES) as u32, scale))
     }
     fn cached_views(&self) -> u64 {
@@ -138,17 +181,26 @@ fn config(mode: Freeze) -> TrainConfig {
         micro_batch: Some(2),
         lr: 5e-3,
         warmup_steps: Some(2),
-        optimizer: AdamWConfig { layer_decay: 0.8, ..Default::default() },
+        optimizer: AdamWConfig {
+            layer_decay: 0.8,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
 
 fn options(dir: &Path) -> RunOptions {
-    RunOptions { show_progress: false, ..RunOptions::new(dir) }
+    RunOptions {
+        show_progress: false,
+        ..RunOptions::new(dir)
+    }
 }
 
 fn snapshot(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
-    params.iter().map(|p| (p.name.clone(), values(p.tensor()))).collect()
+    params
+        .iter()
+        .map(|p| (p.name.clone(), values(p.tensor())))
+        .collect()
 }
 
 #[test]
@@ -159,24 +211,42 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
 
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = Classify::new(Freeze::Full);
-    let report = fit(&straight, &data, Some(&val), &cfg, &cfg, &options(straight_dir.path())).unwrap();
+    let report = fit(
+        &straight,
+        &data,
+        Some(&val),
+        &cfg,
+        &cfg,
+        &options(straight_dir.path()),
+    )
+    .unwrap();
     assert!(report.finished);
     assert_eq!(report.steps, 9, "3 epochs of ceil(10 / 4) steps");
 
     // Stopped after 4 steps (inside epoch 2), then resumed by a fresh process-like model.
     let split_dir = tempfile::tempdir().unwrap();
     let first = Classify::new(Freeze::Full);
-    let opts = RunOptions { stop_after: Some(4), ..options(split_dir.path()) };
+    let opts = RunOptions {
+        stop_after: Some(4),
+        ..options(split_dir.path())
+    };
     let partial = fit(&first, &data, Some(&val), &cfg, &cfg, &opts).unwrap();
     assert!(!partial.finished);
     assert_eq!(partial.steps, 4);
     let resumed = Classify::new(Freeze::Full);
-    let opts = RunOptions { resume: true, ..options(split_dir.path()) };
+    let opts = RunOptions {
+        resume: true,
+        ..options(split_dir.path())
+    };
     let report2 = fit(&resumed, &data, Some(&val), &cfg, &cfg, &opts).unwrap();
     assert!(report2.finished);
     assert_eq!(report2.steps, 9);
 
-    assert_eq!(snapshot(&straight.params), snapshot(&resumed.params), "weights differ after resume");
+    assert_eq!(
+        snapshot(&straight.params),
+        snapshot(&resumed.params),
+        "weights differ after resume"
+    );
     let a = checkpoint::load(&report.last_checkpoint, &Device::Cpu).unwrap();
     let b = checkpoint::load(&report2.last_checkpoint, &Device::Cpu).unwrap();
     assert_eq!(a.state, b.state);
@@ -184,35 +254,76 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     names.sort();
     assert!(names.iter().any(|n| n.starts_with("adamw.m.")));
     for n in names {
-        assert_eq!(values(&a.tensors[n]), values(&b.tensors[n]), "{n} differs after resume");
+        assert_eq!(
+            values(&a.tensors[n]),
+            values(&b.tensors[n]),
+            "{n} differs after resume"
+        );
     }
     // The metrics log holds each step once, even though the first invocation logged steps
     // past its last checkpoint... and the plots were written.
     let log = std::fs::read_to_string(split_dir.path().join("metrics.jsonl")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("\"step\"") && l.contains("\"loss\"")).count(), 9);
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"step\"") && l.contains("\"loss\""))
+            .count(),
+        9
+    );
     assert!(split_dir.path().join("loss.png").is_file());
     assert!(split_dir.path().join("config.toml").is_file());
 }
 
 #[test]
 fn frozen_training_runs_the_backbone_once_per_distinct_view_and_never_changes_it() {
-    for (kind, views) in [(CacheKind::Memory, 1u64), (CacheKind::Memory, 2), (CacheKind::Disk, 2)] {
-        let cfg = TrainConfig { feature_cache: kind, epochs: 4, ..config(Freeze::Frozen) };
+    for (kind, views) in [
+        (CacheKind::Memory, 1u64),
+        (CacheKind::Memory, 2),
+        (CacheKind::Disk, 2),
+    ] {
+        let cfg = TrainConfig {
+            feature_cache: kind,
+            epochs: 4,
+            ..config(Freeze::Frozen)
+        };
         let task = Classify::new(Freeze::Frozen);
-        let before: Vec<_> = snapshot(&task.params).into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
+        let before: Vec<_> = snapshot(&task.params)
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("head."))
+            .collect();
         assert!(!before.is_empty());
-        let data = Images { views, ..Images::new(10) };
+        let data = Images {
+            views,
+            ..Images::new(10)
+        };
         let dir = tempfile::tempdir().unwrap();
-        let report = fit(&task, &data, None::<&Images>, &cfg, &cfg, &options(dir.path())).unwrap();
-        let after: Vec<_> = snapshot(&task.params).into_iter().filter(|(n, _)| !n.starts_with("head.")).collect();
+        let report = fit(
+            &task,
+            &data,
+            None::<&Images>,
+            &cfg,
+            &cfg,
+            &options(dir.path()),
+        )
+        .unwrap();
+        let after: Vec<_> = snapshot(&task.params)
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("head."))
+            .collect();
         assert_eq!(before, after, "a frozen backbone changed");
         let decoded = data.decoded.lock().unwrap().clone();
         let distinct: HashSet<_> = decoded.iter().copied().collect();
-        assert_eq!(decoded.len(), distinct.len(), "{kind:?}: an input was decoded twice");
+        assert_eq!(
+            decoded.len(),
+            distinct.len(),
+            "{kind:?}: an input was decoded twice"
+        );
         assert!(distinct.iter().all(|&(_, v)| v < views));
         assert_eq!(report.backbone_forwards, distinct.len(), "{kind:?}");
         if views == 1 {
-            assert_eq!(report.backbone_forwards, 10, "once per example, not per epoch");
+            assert_eq!(
+                report.backbone_forwards, 10,
+                "once per example, not per epoch"
+            );
         } else {
             assert!(report.backbone_forwards < 4 * 10 && report.backbone_forwards > 10);
         }
@@ -221,10 +332,22 @@ fn frozen_training_runs_the_backbone_once_per_distinct_view_and_never_changes_it
 
 #[test]
 fn without_a_cache_the_backbone_runs_every_epoch() {
-    let cfg = TrainConfig { feature_cache: CacheKind::Off, epochs: 2, ..config(Freeze::Frozen) };
+    let cfg = TrainConfig {
+        feature_cache: CacheKind::Off,
+        epochs: 2,
+        ..config(Freeze::Frozen)
+    };
     let task = Classify::new(Freeze::Frozen);
     let dir = tempfile::tempdir().unwrap();
-    let report = fit(&task, &Images::new(10), None::<&Images>, &cfg, &cfg, &options(dir.path())).unwrap();
+    let report = fit(
+        &task,
+        &Images::new(10),
+        None::<&Images>,
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
     assert_eq!(report.backbone_forwards, 20);
 }
 
@@ -234,31 +357,83 @@ fn four_micro_batches_give_the_gradient_of_one_large_batch() {
     let data = Images::new(8);
     let keys: Vec<(usize, u64)> = (0..8).map(|i| (i, (i % 2) as u64)).collect();
     let load = || -> (Vec<Option<Tensor>>, Vec<(u32, f32)>) {
-        (keys.iter().map(|k| Some(data.input(k.0, k.1).unwrap())).collect(), keys.iter().map(|k| data.target(k.0, k.1).unwrap()).collect())
+        (
+            keys.iter()
+                .map(|k| Some(data.input(k.0, k.1).unwrap()))
+                .collect(),
+            keys.iter()
+                .map(|k| data.target(k.0, k.1).unwrap())
+                .collect(),
+        )
     };
     let (mut inputs, targets) = load();
-    let (loss_big, big) = batch_gradients(&task, None, &keys, &mut inputs, &targets.iter().collect::<Vec<_>>(), 8, 0).unwrap();
+    let (loss_big, big) = batch_gradients(
+        &task,
+        None,
+        &keys,
+        &mut inputs,
+        &targets.iter().collect::<Vec<_>>(),
+        8,
+        0,
+    )
+    .unwrap();
     let (mut inputs, targets) = load();
-    let (loss_small, small) = batch_gradients(&task, None, &keys, &mut inputs, &targets.iter().collect::<Vec<_>>(), 2, 0).unwrap();
-    assert!((loss_big - loss_small).abs() < 1e-5, "{loss_big} vs {loss_small}");
+    let (loss_small, small) = batch_gradients(
+        &task,
+        None,
+        &keys,
+        &mut inputs,
+        &targets.iter().collect::<Vec<_>>(),
+        2,
+        0,
+    )
+    .unwrap();
+    assert!(
+        (loss_big - loss_small).abs() < 1e-5,
+        "{loss_big} vs {loss_small}"
+    );
     assert_eq!(big.len(), task.params.len());
     assert_eq!(small.len(), big.len());
     for p in task.params.iter() {
         let (a, b) = (big.get(&p.name).unwrap(), small.get(&p.name).unwrap());
         let scale = max_abs(a).max(1e-3);
-        assert!(max_diff(a, b) <= 1e-5 * scale.max(1.0), "{}: {} vs scale {scale}", p.name, max_diff(a, b));
+        assert!(
+            max_diff(a, b) <= 1e-5 * scale.max(1.0),
+            "{}: {} vs scale {scale}",
+            p.name,
+            max_diff(a, b)
+        );
     }
 }
 
 #[test]
 fn layer_decay_and_weight_decay_go_to_the_right_parameters() {
     let task = Classify::new(Freeze::Full);
-    let opt = AdamW::new(&task.params, AdamWConfig { layer_decay: 0.5, weight_decay: 0.1, ..Default::default() }).unwrap();
+    let opt = AdamW::new(
+        &task.params,
+        AdamWConfig {
+            layer_decay: 0.5,
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let groups = opt.groups();
-    let find = |n: &str| groups.iter().find(|g| g.name == n).unwrap_or_else(|| panic!("no group {n}"));
+    let find = |n: &str| {
+        groups
+            .iter()
+            .find(|g| g.name == n)
+            .unwrap_or_else(|| panic!("no group {n}"))
+    };
     // 3 blocks: embeddings depth 0, block i depth i + 1, final norm and head depth 4.
-    assert_eq!(find("embeddings.patch_embeddings.projection.weight").lr_scale, 0.5f64.powi(4));
-    assert_eq!(find("encoder.layer.0.attention.attention.query.weight").lr_scale, 0.5f64.powi(3));
+    assert_eq!(
+        find("embeddings.patch_embeddings.projection.weight").lr_scale,
+        0.5f64.powi(4)
+    );
+    assert_eq!(
+        find("encoder.layer.0.attention.attention.query.weight").lr_scale,
+        0.5f64.powi(3)
+    );
     assert_eq!(find("encoder.layer.2.output.dense.weight").lr_scale, 0.5);
     assert_eq!(find("layernorm.weight").lr_scale, 1.0);
     assert_eq!(find("head.weight").lr_scale, 1.0);
@@ -276,16 +451,34 @@ fn layer_decay_and_weight_decay_go_to_the_right_parameters() {
     // Partial fine-tuning: only the last block, the final norm and the head are optimised.
     let partial = Classify::new(Freeze::Partial(1));
     let opt = AdamW::new(&partial.params, AdamWConfig::default()).unwrap();
-    assert!(opt.groups().iter().all(|g| g.name.starts_with("encoder.layer.2.") || g.name.starts_with("layernorm.") || g.name.starts_with("head.")));
+    assert!(opt
+        .groups()
+        .iter()
+        .all(|g| g.name.starts_with("encoder.layer.2.")
+            || g.name.starts_with("layernorm.")
+            || g.name.starts_with("head.")));
 }
 
 #[test]
 fn early_stopping_keeps_the_best_and_the_last_checkpoint() {
     // A rate of ~0 keeps accuracy flat, so patience 1 stops after the second evaluation.
-    let cfg = TrainConfig { lr: 1e-12, patience: Some(1), epochs: 6, ..config(Freeze::Frozen) };
+    let cfg = TrainConfig {
+        lr: 1e-12,
+        patience: Some(1),
+        epochs: 6,
+        ..config(Freeze::Frozen)
+    };
     let task = Classify::new(Freeze::Frozen);
     let dir = tempfile::tempdir().unwrap();
-    let report = fit(&task, &Images::new(8), Some(&Images::new(6)), &cfg, &cfg, &options(dir.path())).unwrap();
+    let report = fit(
+        &task,
+        &Images::new(8),
+        Some(&Images::new(6)),
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
     assert!(report.stopped_early && report.finished);
     assert_eq!(report.steps, 2 * 2, "stopped after two epochs of two steps");
     assert_eq!(report.best_step, Some(2));
@@ -298,21 +491,47 @@ fn early_stopping_keeps_the_best_and_the_last_checkpoint() {
 
 #[test]
 fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint() {
-    let cfg = TrainConfig { epochs: 2, ..config(Freeze::Frozen) };
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..config(Freeze::Frozen)
+    };
     let dir = tempfile::tempdir().unwrap();
     // First a clean epoch, to have a checkpoint; then the same run continued on poisoned data.
     let clean = Classify::new(Freeze::Frozen);
-    let opts = RunOptions { stop_after: Some(3), ..options(dir.path()) };
+    let opts = RunOptions {
+        stop_after: Some(3),
+        ..options(dir.path())
+    };
     fit(&clean, &Images::new(12), None::<&Images>, &cfg, &cfg, &opts).unwrap();
-    let good = checkpoint::load(&dir.path().join("checkpoints/last.safetensors"), &Device::Cpu).unwrap();
+    let good = checkpoint::load(
+        &dir.path().join("checkpoints/last.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let task = Classify::new(Freeze::Frozen);
-    let poisoned = Images { nan_at: Some(5), ..Images::new(12) };
-    let opts = RunOptions { resume: true, ..options(dir.path()) };
-    let err = format!("{:#}", fit(&task, &poisoned, None::<&Images>, &cfg, &cfg, &opts).unwrap_err());
+    let poisoned = Images {
+        nan_at: Some(5),
+        ..Images::new(12)
+    };
+    let opts = RunOptions {
+        resume: true,
+        ..options(dir.path())
+    };
+    let err = format!(
+        "{:#}",
+        fit(&task, &poisoned, None::<&Images>, &cfg, &cfg, &opts).unwrap_err()
+    );
     assert!(err.contains("loss is NaN at step"), "{err}");
     // The epoch boundary after step 3 was saved again before the failure; no update was.
-    let after = checkpoint::load(&dir.path().join("checkpoints/last.safetensors"), &Device::Cpu).unwrap();
-    assert_eq!(after.state.step, good.state.step, "a checkpoint was written after the failure");
+    let after = checkpoint::load(
+        &dir.path().join("checkpoints/last.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        after.state.step, good.state.step,
+        "a checkpoint was written after the failure"
+    );
     for (name, t) in &good.tensors {
         assert_eq!(values(t), values(&after.tensors[name]), "{name} changed");
     }
@@ -320,15 +539,30 @@ fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_check
 
 #[test]
 fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
-    let cfg = TrainConfig { epochs: 1, ..config(Freeze::Frozen) };
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..config(Freeze::Frozen)
+    };
     let task = Classify::new(Freeze::Frozen);
     let dir = tempfile::tempdir().unwrap();
-    let report = fit(&task, &Images::new(8), None::<&Images>, &cfg, &cfg, &options(dir.path())).unwrap();
+    let report = fit(
+        &task,
+        &Images::new(8),
+        None::<&Images>,
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
     let before = checkpoint::load(&report.last_checkpoint, &Device::Cpu).unwrap();
     // A crash mid-save leaves a partial temporary beside the checkpoint; the next write
     // also fails half-way.
     let ck_dir = report.last_checkpoint.parent().unwrap();
-    std::fs::write(ck_dir.join(".last.safetensors.tmp-99999"), b"partial garbage").unwrap();
+    std::fs::write(
+        ck_dir.join(".last.safetensors.tmp-99999"),
+        b"partial garbage",
+    )
+    .unwrap();
     let err = downstream_core::atomic::write_with(&report.last_checkpoint, |w| {
         use std::io::Write;
         w.write_all(b"half a checkpoint")?;
@@ -345,7 +579,16 @@ fn resuming_without_a_checkpoint_is_a_clear_error() {
     let cfg = config(Freeze::Frozen);
     let task = Classify::new(Freeze::Frozen);
     let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions { resume: true, ..options(dir.path()) };
-    let err = format!("{:#}", fit(&task, &Images::new(8), None::<&Images>, &cfg, &cfg, &opts).unwrap_err());
-    assert!(err.contains("no usable checkpoint") && err.contains("last.safetensors"), "{err}");
+    let opts = RunOptions {
+        resume: true,
+        ..options(dir.path())
+    };
+    let err = format!(
+        "{:#}",
+        fit(&task, &Images::new(8), None::<&Images>, &cfg, &cfg, &opts).unwrap_err()
+    );
+    assert!(
+        err.contains("no usable checkpoint") && err.contains("last.safetensors"),
+        "{err}"
+    );
 }

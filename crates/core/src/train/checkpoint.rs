@@ -49,34 +49,44 @@ pub fn save(
     state: &TrainState,
     config: &serde_json::Value,
 ) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> =
-        params.trainable().map(|p| (format!("param.{}", p.name), p.tensor().clone())).collect();
+    let mut tensors: Vec<(String, Tensor)> = params
+        .trainable()
+        .map(|p| (format!("param.{}", p.name), p.tensor().clone()))
+        .collect();
     tensors.extend(optimizer.state());
     let metadata = HashMap::from([
         (STATE_KEY.to_string(), serde_json::to_string(state)?),
         (CONFIG_KEY.to_string(), serde_json::to_string(config)?),
     ]);
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-        .context("serialising the checkpoint")?;
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+            .context("serialising the checkpoint")?;
     crate::atomic::write(path, &bytes)
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors checkpoint", path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let state: TrainState = serde_json::from_str(
-        meta.get(STATE_KEY).with_context(|| format!("{}: no training state in the checkpoint", path.display()))?,
+        meta.get(STATE_KEY)
+            .with_context(|| format!("{}: no training state in the checkpoint", path.display()))?,
     )
     .with_context(|| format!("{}: malformed training state", path.display()))?;
     let config = match meta.get(CONFIG_KEY) {
-        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: malformed configuration", path.display()))?,
+        Some(c) => serde_json::from_str(c)
+            .with_context(|| format!("{}: malformed configuration", path.display()))?,
         None => serde_json::Value::Null,
     };
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("{}: reading tensors", path.display()))?;
-    Ok(Checkpoint { tensors, state, config })
+    Ok(Checkpoint {
+        tensors,
+        state,
+        config,
+    })
 }
 
 impl Checkpoint {
@@ -84,9 +94,16 @@ impl Checkpoint {
     pub fn restore_params(&self, params: &ParamStore) -> Result<()> {
         for p in params.trainable() {
             let key = format!("param.{}", p.name);
-            let t = self.tensors.get(&key).with_context(|| format!("checkpoint has no `{key}`"))?;
+            let t = self
+                .tensors
+                .get(&key)
+                .with_context(|| format!("checkpoint has no `{key}`"))?;
             if t.dims() != p.tensor().dims() {
-                bail!("checkpoint `{key}` has shape {:?}, the model {:?}", t.dims(), p.tensor().dims());
+                bail!(
+                    "checkpoint `{key}` has shape {:?}, the model {:?}",
+                    t.dims(),
+                    p.tensor().dims()
+                );
             }
             p.var().expect("trainable").set(t)?;
         }

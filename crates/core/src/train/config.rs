@@ -70,13 +70,18 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn micro(&self) -> usize {
-        self.micro_batch.unwrap_or(self.batch).clamp(1, self.batch.max(1))
+        self.micro_batch
+            .unwrap_or(self.batch)
+            .clamp(1, self.batch.max(1))
     }
 
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.batch > 0, "batch must be at least 1");
         anyhow::ensure!(self.epochs > 0, "epochs must be at least 1");
-        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "lr must be a positive number");
+        anyhow::ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "lr must be a positive number"
+        );
         anyhow::ensure!(self.eval_every > 0, "eval_every must be at least 1");
         anyhow::ensure!(
             self.optimizer.layer_decay > 0.0 && self.optimizer.layer_decay <= 1.0,
@@ -184,7 +189,8 @@ impl TrainArgs {
 
 /// Reads a TOML configuration; errors name the file and the offending line.
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -202,12 +208,26 @@ mod tests {
     fn file_values_are_overridden_by_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
-        std::fs::write(&path, "epochs = 3\nlr = 0.01\nmode = \"partial:2\"\n[optimizer]\nlayer_decay = 0.7\n").unwrap();
+        std::fs::write(
+            &path,
+            "epochs = 3\nlr = 0.01\nmode = \"partial:2\"\n[optimizer]\nlayer_decay = 0.7\n",
+        )
+        .unwrap();
         let mut cfg: TrainConfig = load_toml(&path).unwrap();
-        assert_eq!((cfg.epochs, cfg.lr, cfg.mode), (3, 0.01, Freeze::Partial(2)));
+        assert_eq!(
+            (cfg.epochs, cfg.lr, cfg.mode),
+            (3, 0.01, Freeze::Partial(2))
+        );
         assert_eq!(cfg.optimizer.layer_decay, 0.7);
-        assert_eq!(cfg.optimizer.beta2, 0.999, "unset fields keep their defaults");
-        let args = TrainArgs { epochs: Some(5), mode: Some(Freeze::Full), ..Default::default() };
+        assert_eq!(
+            cfg.optimizer.beta2, 0.999,
+            "unset fields keep their defaults"
+        );
+        let args = TrainArgs {
+            epochs: Some(5),
+            mode: Some(Freeze::Full),
+            ..Default::default()
+        };
         args.apply(&mut cfg);
         assert_eq!((cfg.epochs, cfg.lr, cfg.mode), (5, 0.01, Freeze::Full));
         save_toml(&dir.path().join("resolved.toml"), &cfg).unwrap();
@@ -221,6 +241,9 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
         let err = load_toml::<TrainConfig>(&path).unwrap_err().to_string();
-        assert!(err.contains("bad.toml") && err.contains("learning_rate"), "{err}");
+        assert!(
+            err.contains("bad.toml") && err.contains("learning_rate"),
+            "{err}"
+        );
     }
 }

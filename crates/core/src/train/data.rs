@@ -51,12 +51,20 @@ pub fn load_batch<D: Dataset>(
     let loaded: Vec<(Option<D::Input>, D::Target)> = keys
         .par_iter()
         .map(|key| {
-            let input = if need_input(key) { Some(data.input(key.0, key.1)?) } else { None };
+            let input = if need_input(key) {
+                Some(data.input(key.0, key.1)?)
+            } else {
+                None
+            };
             Ok((input, data.target(key.0, key.1)?))
         })
         .collect::<Result<_>>()?;
     let (inputs, targets) = loaded.into_iter().unzip();
-    Ok(Loaded { keys: keys.to_vec(), inputs, targets })
+    Ok(Loaded {
+        keys: keys.to_vec(),
+        inputs,
+        targets,
+    })
 }
 
 /// Runs `consume` on each batch of `batches` while the next one is being loaded on another

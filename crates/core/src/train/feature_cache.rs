@@ -45,14 +45,21 @@ impl FeatureCache {
     pub fn new(kind: CacheKind, dir: PathBuf, fresh: bool, device: &Device) -> Result<Self> {
         let dir = if kind == CacheKind::Disk {
             if fresh && dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             Some(dir)
         } else {
             None
         };
-        Ok(Self { kind, dir, memory: Mutex::new(HashMap::new()), device: device.clone(), encoded: AtomicUsize::new(0) })
+        Ok(Self {
+            kind,
+            dir,
+            memory: Mutex::new(HashMap::new()),
+            device: device.clone(),
+            encoded: AtomicUsize::new(0),
+        })
     }
 
     pub fn kind(&self) -> CacheKind {
@@ -60,7 +67,9 @@ impl FeatureCache {
     }
 
     fn file(&self, key: Key) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{}-{}.safetensors", key.0, key.1)))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{}-{}.safetensors", key.0, key.1)))
     }
 
     pub fn contains(&self, key: Key) -> bool {
@@ -82,7 +91,10 @@ impl FeatureCache {
                 let mut t = candle_core::safetensors::load(&file, &self.device)
                     .with_context(|| format!("reading cached features {}", file.display()))?;
                 (0..t.len())
-                    .map(|i| t.remove(&i.to_string()).with_context(|| format!("{}: no tensor {i}", file.display())))
+                    .map(|i| {
+                        t.remove(&i.to_string())
+                            .with_context(|| format!("{}: no tensor {i}", file.display()))
+                    })
                     .collect::<Result<Features>>()
                     .map(Some)
             }
@@ -93,12 +105,18 @@ impl FeatureCache {
     pub fn put(&self, key: Key, features: &Features) -> Result<()> {
         match self.kind {
             CacheKind::Memory => {
-                self.memory.lock().expect("cache lock").insert(key, features.iter().map(Tensor::detach).collect());
+                self.memory
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key, features.iter().map(Tensor::detach).collect());
             }
             CacheKind::Disk => {
                 let file = self.file(key).expect("disk cache has a folder");
-                let named: Vec<(String, &Tensor)> =
-                    features.iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect();
+                let named: Vec<(String, &Tensor)> = features
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (i.to_string(), t))
+                    .collect();
                 let bytes = safetensors::serialize(named, None).context("serialising features")?;
                 crate::atomic::write(&file, &bytes)?;
             }

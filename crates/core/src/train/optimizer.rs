@@ -25,7 +25,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05, layer_decay: 1.0 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            layer_decay: 1.0,
+        }
     }
 }
 
@@ -46,7 +52,9 @@ impl Grads {
     pub fn accumulate(&mut self, params: &ParamStore, store: &GradStore) -> Result<()> {
         for p in params.trainable() {
             let var = p.var().expect("trainable");
-            let Some(g) = store.get(var.as_tensor()) else { continue };
+            let Some(g) = store.get(var.as_tensor()) else {
+                continue;
+            };
             let g = g.detach();
             let sum = match self.by_name.remove(&p.name) {
                 Some(prev) => (prev + g)?,
@@ -73,7 +81,11 @@ impl Grads {
     pub fn global_norm(&self) -> Result<f64> {
         let mut total = 0f64;
         for g in self.by_name.values() {
-            total += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         Ok(total.sqrt())
     }
@@ -135,13 +147,21 @@ impl AdamW {
         if slots.is_empty() {
             bail!("nothing to train: every parameter is frozen");
         }
-        Ok(Self { config, slots, step: 0 })
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
     }
 
     pub fn groups(&self) -> Vec<Group> {
         self.slots
             .iter()
-            .map(|s| Group { name: s.name.clone(), lr_scale: s.lr_scale, weight_decay: s.weight_decay })
+            .map(|s| Group {
+                name: s.name.clone(),
+                lr_scale: s.lr_scale,
+                weight_decay: s.weight_decay,
+            })
             .collect()
     }
 
@@ -158,7 +178,9 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         for s in &mut self.slots {
-            let Some(g) = grads.get(&s.name) else { continue };
+            let Some(g) = grads.get(&s.name) else {
+                continue;
+            };
             let lr = lr * s.lr_scale;
             let mut p = s.var.as_tensor().detach();
             if s.weight_decay != 0.0 {
@@ -188,9 +210,15 @@ impl AdamW {
         for s in &mut self.slots {
             for (kind, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("adamw.{kind}.{}", s.name);
-                let t = tensors.get(&key).with_context(|| format!("checkpoint has no optimizer state `{key}`"))?;
+                let t = tensors
+                    .get(&key)
+                    .with_context(|| format!("checkpoint has no optimizer state `{key}`"))?;
                 if t.dims() != slot.dims() {
-                    bail!("optimizer state `{key}` has shape {:?}, the parameter {:?}", t.dims(), slot.dims());
+                    bail!(
+                        "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                        t.dims(),
+                        slot.dims()
+                    );
                 }
                 *slot = t.to_device(slot.device())?;
             }
@@ -216,7 +244,11 @@ mod tests {
         let b = Tensor::new(&[0.25f32, -0.75], &dev).unwrap();
         params.insert("layer.weight", w, 1, true).unwrap();
         params.insert("layer.bias", b, 0, true).unwrap();
-        let cfg = AdamWConfig { weight_decay: 0.1, layer_decay: 0.5, ..Default::default() };
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            layer_decay: 0.5,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(&params, cfg).unwrap();
         let steps = [
             ([[0.5f32, 0.1], [-0.3, 2.0]], [1.0f32, -0.2]),
@@ -225,18 +257,35 @@ mod tests {
         ];
         for (gw, gb) in steps {
             let mut grads = Grads::default();
-            grads.by_name.insert("layer.weight".into(), Tensor::new(&gw, &dev).unwrap());
-            grads.by_name.insert("layer.bias".into(), Tensor::new(&gb, &dev).unwrap());
+            grads
+                .by_name
+                .insert("layer.weight".into(), Tensor::new(&gw, &dev).unwrap());
+            grads
+                .by_name
+                .insert("layer.bias".into(), Tensor::new(&gb, &dev).unwrap());
             opt.step(&grads, 0.1).unwrap();
         }
-        let got_w: Vec<Vec<f32>> = params.get("layer.weight").unwrap().tensor().to_vec2().unwrap();
-        let got_b: Vec<f32> = params.get("layer.bias").unwrap().tensor().to_vec1().unwrap();
+        let got_w: Vec<Vec<f32>> = params
+            .get("layer.weight")
+            .unwrap()
+            .tensor()
+            .to_vec2()
+            .unwrap();
+        let got_b: Vec<f32> = params
+            .get("layer.bias")
+            .unwrap()
+            .tensor()
+            .to_vec1()
+            .unwrap();
         let want_w = [[0.8640158f32, -2.2155554], [0.611156, 2.680931]];
-        let want_b = [0.15544675f32, -0.73015177];
+        let want_b = [0.15544675f32, -0.7301518];
         for i in 0..2 {
             assert!((got_b[i] - want_b[i]).abs() < 1e-6, "bias {got_b:?}");
             for j in 0..2 {
-                assert!((got_w[i][j] - want_w[i][j]).abs() < 1e-6, "weight {got_w:?}");
+                assert!(
+                    (got_w[i][j] - want_w[i][j]).abs() < 1e-6,
+                    "weight {got_w:?}"
+                );
             }
         }
         assert_eq!(opt.steps_taken(), 3);
@@ -246,8 +295,12 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let dev = Device::Cpu;
         let mut grads = Grads::default();
-        grads.by_name.insert("a".into(), Tensor::new(&[3.0f32, 0.0], &dev).unwrap());
-        grads.by_name.insert("b".into(), Tensor::new(&[4.0f32], &dev).unwrap());
+        grads
+            .by_name
+            .insert("a".into(), Tensor::new(&[3.0f32, 0.0], &dev).unwrap());
+        grads
+            .by_name
+            .insert("b".into(), Tensor::new(&[4.0f32], &dev).unwrap());
         let before = grads.clip(1.0).unwrap();
         assert!((before - 5.0).abs() < 1e-9);
         assert!((grads.global_norm().unwrap() - 1.0).abs() < 1e-5);

@@ -21,7 +21,9 @@ enum Purpose {
 /// under one seed: 2 bits of purpose, 22 of epoch, 40 of sample index.
 fn stream(seed: u64, purpose: Purpose, epoch: usize, index: usize) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let id = (purpose as u64) << 62 | ((epoch as u64) & ((1 << 22) - 1)) << 40 | (index as u64 & ((1 << 40) - 1));
+    let id = (purpose as u64) << 62
+        | ((epoch as u64) & ((1 << 22) - 1)) << 40
+        | (index as u64 & ((1 << 40) - 1));
     rng.set_stream(id);
     rng
 }
@@ -67,7 +69,8 @@ mod tests {
             assert_eq!(view(3, 2, i, Some(1)), 0);
             assert_ne!(view(3, 2, i, None), 0);
         }
-        let distinct: std::collections::BTreeSet<u64> = (0..100).map(|i| view(3, 2, i, Some(3))).collect();
+        let distinct: std::collections::BTreeSet<u64> =
+            (0..100).map(|i| view(3, 2, i, Some(3))).collect();
         assert_eq!(distinct.len(), 3);
     }
 }

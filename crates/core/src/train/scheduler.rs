@@ -21,7 +21,10 @@ impl WarmupCosine {
         if step < self.warmup_steps {
             return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).saturating_sub(1);
+        let decay_steps = self
+            .total_steps
+            .saturating_sub(self.warmup_steps)
+            .saturating_sub(1);
         let progress = if decay_steps == 0 {
             0.0
         } else {
@@ -42,14 +45,23 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_values() {
-        let s = WarmupCosine { base_lr: 1e-3, warmup_steps: 4, total_steps: 14, min_lr_ratio: 0.1 };
+        let s = WarmupCosine {
+            base_lr: 1e-3,
+            warmup_steps: 4,
+            total_steps: 14,
+            min_lr_ratio: 0.1,
+        };
         assert!(close(s.lr(0), 0.25e-3));
         assert!(close(s.lr(1), 0.5e-3));
         assert!(close(s.lr(3), 1e-3));
         assert!(close(s.lr(4), 1e-3));
         // Decay runs over steps 4..=12 when there are 13 steps: step 8 is halfway, where the
         // rate is the mean of base and floor.
-        let mid = WarmupCosine { total_steps: 13, ..s.clone() }.lr(8);
+        let mid = WarmupCosine {
+            total_steps: 13,
+            ..s.clone()
+        }
+        .lr(8);
         assert!(close(mid, (1e-3 + 1e-4) / 2.0), "{mid}");
         assert!(close(s.lr(13), 1e-4));
         assert!(close(s.lr(100), 1e-4));
@@ -60,7 +72,12 @@ mod tests {
 
     #[test]
     fn no_warmup_starts_at_the_base_rate() {
-        let s = WarmupCosine { base_lr: 0.1, warmup_steps: 0, total_steps: 1, min_lr_ratio: 0.0 };
+        let s = WarmupCosine {
+            base_lr: 0.1,
+            warmup_steps: 0,
+            total_steps: 1,
+            min_lr_ratio: 0.0,
+        };
         assert!(close(s.lr(0), 0.1));
     }
 }

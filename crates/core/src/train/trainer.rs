@@ -33,7 +33,13 @@ pub struct RunOptions {
 
 impl RunOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), resume: false, show_progress: true, device: Device::Cpu, stop_after: None }
+        Self {
+            dir: dir.into(),
+            resume: false,
+            show_progress: true,
+            device: Device::Cpu,
+            stop_after: None,
+        }
     }
 
     pub fn last_checkpoint(&self) -> PathBuf {
@@ -89,11 +95,19 @@ fn features_for<T: Task>(
     if !missing.is_empty() {
         let to_encode: Vec<T::Input> = missing
             .iter()
-            .map(|&i| inputs[i].take().context("internal error: input not loaded for an uncached example"))
+            .map(|&i| {
+                inputs[i]
+                    .take()
+                    .context("internal error: input not loaded for an uncached example")
+            })
             .collect::<Result<_>>()?;
         let encoded = task.encode(&to_encode)?;
         if encoded.len() != missing.len() {
-            bail!("the task encoded {} inputs into {} feature sets", missing.len(), encoded.len());
+            bail!(
+                "the task encoded {} inputs into {} feature sets",
+                missing.len(),
+                encoded.len()
+            );
         }
         if let Some(c) = cache {
             c.count_encoded(missing.len());
@@ -130,7 +144,8 @@ pub fn batch_gradients<T: Task>(
     for start in (0..keys.len()).step_by(micro.max(1)) {
         let end = (start + micro.max(1)).min(keys.len());
         let feats = features_for(task, cache, &keys[start..end], &mut inputs[start..end])?;
-        let loss = (task.loss(&feats.iter().collect::<Vec<_>>(), &targets[start..end])? / total_weight)?;
+        let loss =
+            (task.loss(&feats.iter().collect::<Vec<_>>(), &targets[start..end])? / total_weight)?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             bail!("the loss is {value} at step {step}; stopping");
@@ -142,7 +157,12 @@ pub fn batch_gradients<T: Task>(
 }
 
 /// Predictions and metrics of `task` on `data` (view 0, in order).
-pub fn evaluate<T, D>(task: &T, data: &D, batch: usize, cache: Option<&FeatureCache>) -> Result<Metrics>
+pub fn evaluate<T, D>(
+    task: &T,
+    data: &D,
+    batch: usize,
+    cache: Option<&FeatureCache>,
+) -> Result<Metrics>
 where
     T: Task,
     D: Dataset<Input = T::Input, Target = T::Target>,
@@ -189,7 +209,9 @@ where
     let total_steps = steps_per_epoch * cfg.epochs as u64;
     let schedule = WarmupCosine {
         base_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.unwrap_or((total_steps as f64 * cfg.warmup_fraction).round() as u64),
+        warmup_steps: cfg
+            .warmup_steps
+            .unwrap_or((total_steps as f64 * cfg.warmup_fraction).round() as u64),
         total_steps,
         min_lr_ratio: cfg.min_lr_ratio,
     };
@@ -199,7 +221,12 @@ where
         let ck = checkpoint::load(&path, &run.device)
             .with_context(|| format!("resuming from {}: no usable checkpoint", path.display()))?;
         if ck.state.seed != cfg.seed {
-            bail!("{}: the run was started with seed {}, not {}", path.display(), ck.state.seed, cfg.seed);
+            bail!(
+                "{}: the run was started with seed {}, not {}",
+                path.display(),
+                ck.state.seed,
+                cfg.seed
+            );
         }
         ck.restore_params(params)?;
         optimizer.load_state(&ck.tensors, ck.state.step)?;
@@ -217,17 +244,31 @@ where
         }
     };
     save_toml(&run.dir.join("config.toml"), resolved)?;
-    let mut progress = Progress::new(&run.dir, run.resume.then_some(state.step), run.show_progress)?;
+    let mut progress = Progress::new(
+        &run.dir,
+        run.resume.then_some(state.step),
+        run.show_progress,
+    )?;
 
     let frozen = task.backbone_frozen() && cfg.feature_cache != CacheKind::Off;
     let cache_dir = run.dir.join("feature_cache");
     let train_cache = if frozen {
-        Some(FeatureCache::new(cfg.feature_cache, cache_dir.join("train"), !run.resume, &run.device)?)
+        Some(FeatureCache::new(
+            cfg.feature_cache,
+            cache_dir.join("train"),
+            !run.resume,
+            &run.device,
+        )?)
     } else {
         None
     };
     let val_cache = if frozen {
-        Some(FeatureCache::new(cfg.feature_cache, cache_dir.join("val"), !run.resume, &run.device)?)
+        Some(FeatureCache::new(
+            cfg.feature_cache,
+            cache_dir.join("val"),
+            !run.resume,
+            &run.device,
+        )?)
     } else {
         None
     };
@@ -240,7 +281,13 @@ where
     let mut steps_this_run = 0u64;
     let mut interrupted = false;
     let save_last = |state: &TrainState, optimizer: &AdamW| {
-        checkpoint::save(&run.last_checkpoint(), params, optimizer, state, &config_json)
+        checkpoint::save(
+            &run.last_checkpoint(),
+            params,
+            optimizer,
+            state,
+            &config_json,
+        )
     };
 
     while !state.finished && state.epoch < cfg.epochs {
@@ -249,7 +296,11 @@ where
         let batches: Vec<Vec<Key>> = batches_of(&order, cfg.batch)
             .into_iter()
             .skip(state.batch)
-            .map(|b| b.iter().map(|&i| (i, rng::view(cfg.seed, epoch, i, views))).collect())
+            .map(|b| {
+                b.iter()
+                    .map(|&i| (i, rng::view(cfg.seed, epoch, i, views)))
+                    .collect()
+            })
             .collect();
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, state.batch as u64);
         let cache = train_cache.as_ref();
@@ -259,16 +310,23 @@ where
             let started = Instant::now();
             let targets: Vec<&T::Target> = loaded.targets.iter().collect();
             let step = state.step;
-            let (loss_value, mut grads) =
-                batch_gradients(task, cache.or(Some(&counter)), &loaded.keys, &mut loaded.inputs, &targets, micro, step)
-                    .with_context(|| {
-                        format!(
-                            "epoch {}, batch {}; the last good checkpoint is {}",
-                            epoch + 1,
-                            first_batch + i,
-                            run.last_checkpoint().display()
-                        )
-                    })?;
+            let (loss_value, mut grads) = batch_gradients(
+                task,
+                cache.or(Some(&counter)),
+                &loaded.keys,
+                &mut loaded.inputs,
+                &targets,
+                micro,
+                step,
+            )
+            .with_context(|| {
+                format!(
+                    "epoch {}, batch {}; the last good checkpoint is {}",
+                    epoch + 1,
+                    first_batch + i,
+                    run.last_checkpoint().display()
+                )
+            })?;
             let grad_norm = match cfg.clip_norm {
                 Some(max) => grads.clip(max)?,
                 None => grads.global_norm()?,
@@ -312,13 +370,23 @@ where
             let main = *metrics
                 .get(task.main_metric())
                 .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
-            progress.eval(EvalRecord { step: state.step, epoch: state.epoch - 1, metrics: metrics.clone() })?;
+            progress.eval(EvalRecord {
+                step: state.step,
+                epoch: state.epoch - 1,
+                metrics: metrics.clone(),
+            })?;
             last_metrics = Some(metrics);
             if state.best_metric.is_none_or(|b| main > b) {
                 state.best_metric = Some(main);
                 state.best_step = Some(state.step);
                 state.evals_since_best = 0;
-                checkpoint::save(&run.best_checkpoint(), params, &optimizer, &state, &config_json)?;
+                checkpoint::save(
+                    &run.best_checkpoint(),
+                    params,
+                    &optimizer,
+                    &state,
+                    &config_json,
+                )?;
             } else {
                 state.evals_since_best += 1;
                 if cfg.patience.is_some_and(|p| state.evals_since_best >= p) {
@@ -338,7 +406,11 @@ where
         }
         save_last(&state, &optimizer)?;
     }
-    let plots = if state.finished { plot_run(&run.dir)? } else { Vec::new() };
+    let plots = if state.finished {
+        plot_run(&run.dir)?
+    } else {
+        Vec::new()
+    };
     let best = run.best_checkpoint();
     Ok(FitReport {
         steps: state.step,
@@ -347,7 +419,9 @@ where
         best_metric: state.best_metric,
         best_step: state.best_step,
         last_metrics,
-        backbone_forwards: train_cache.as_ref().map_or(counter.encoded(), |c| c.encoded()),
+        backbone_forwards: train_cache
+            .as_ref()
+            .map_or(counter.encoded(), |c| c.encoded()),
         last_checkpoint: run.last_checkpoint(),
         best_checkpoint: best.is_file().then_some(best),
         plots,
