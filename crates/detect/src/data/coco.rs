@@ -50,13 +50,20 @@ pub fn load_annotations(path: &Path) -> Result<DetectionSet> {
 }
 
 fn load_with(path: &Path, images: Option<&Path>, for_training: bool) -> Result<DetectionSet> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: File = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a valid COCO annotation file: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: File = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!("{}: not a valid COCO annotation file: {e}", path.display())
+    })?;
     let mut annotations = Vec::with_capacity(file.annotations.len());
     for a in file.annotations {
         let [x, y, w, h] = a.bbox[..] else {
-            bail!("{}: annotation id {}: bbox must be [x, y, width, height], got {:?}", path.display(), a.id, a.bbox);
+            bail!(
+                "{}: annotation id {}: bbox must be [x, y, width, height], got {:?}",
+                path.display(),
+                a.id,
+                a.bbox
+            );
         };
         annotations.push(Annotation {
             id: a.id,
@@ -77,7 +84,12 @@ fn load_with(path: &Path, images: Option<&Path>, for_training: bool) -> Result<D
         images: file
             .images
             .into_iter()
-            .map(|i| ImageRecord { id: i.id, file_name: i.file_name, width: i.width, height: i.height })
+            .map(|i| ImageRecord {
+                id: i.id,
+                file_name: i.file_name,
+                width: i.width,
+                height: i.height,
+            })
             .collect(),
         annotations,
         categories: file.categories,
@@ -136,12 +148,16 @@ pub struct Detection {
 
 /// Reads a COCO results file (a JSON list of detections).
 pub fn load_results(path: &Path) -> Result<Vec<Detection>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let dets: Vec<Detection> = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a valid COCO results list: {e}", path.display()))?;
     for (i, d) in dets.iter().enumerate() {
         if !d.score.is_finite() || d.bbox.iter().any(|v| !v.is_finite()) {
-            bail!("{}: detection {i} has a non-finite score or box", path.display());
+            bail!(
+                "{}: detection {i} has a non-finite score or box",
+                path.display()
+            );
         }
     }
     Ok(dets)

@@ -98,35 +98,50 @@ impl DetectionSet {
             }
         }
         if check_files {
-            self.images.par_iter_mut().try_for_each(|im| -> Result<()> {
-                let path = self.root.join(&im.file_name);
-                let (w, h) = image::image_dimensions(&path).with_context(|| {
-                    format!("{src}: image id {} ({}) is missing or unreadable", im.id, path.display())
+            self.images
+                .par_iter_mut()
+                .try_for_each(|im| -> Result<()> {
+                    let path = self.root.join(&im.file_name);
+                    let (w, h) = image::image_dimensions(&path).with_context(|| {
+                        format!(
+                            "{src}: image id {} ({}) is missing or unreadable",
+                            im.id,
+                            path.display()
+                        )
+                    })?;
+                    if (im.width, im.height) == (0, 0) {
+                        (im.width, im.height) = (w, h);
+                    } else if (im.width, im.height) != (w, h) {
+                        bail!(
+                            "{src}: image id {} ({}) is {w}x{h}, the annotations say {}x{}",
+                            im.id,
+                            path.display(),
+                            im.width,
+                            im.height
+                        );
+                    }
+                    Ok(())
                 })?;
-                if (im.width, im.height) == (0, 0) {
-                    (im.width, im.height) = (w, h);
-                } else if (im.width, im.height) != (w, h) {
-                    bail!(
-                        "{src}: image id {} ({}) is {w}x{h}, the annotations say {}x{}",
-                        im.id,
-                        path.display(),
-                        im.width,
-                        im.height
-                    );
-                }
-                Ok(())
-            })?;
-            sizes = self.images.iter().map(|im| (im.id, (im.width, im.height))).collect();
+            sizes = self
+                .images
+                .iter()
+                .map(|im| (im.id, (im.width, im.height)))
+                .collect();
         }
         let mut clipped = 0;
         let mut ann_ids = std::collections::HashSet::new();
         for a in &mut self.annotations {
-            let file = self.image_sources.get(&a.image_id).map_or(src.clone(), |p| p.display().to_string());
+            let file = self
+                .image_sources
+                .get(&a.image_id)
+                .map_or(src.clone(), |p| p.display().to_string());
             let what = || format!("{file}: annotation id {} (image id {})", a.id, a.image_id);
             if !ann_ids.insert(a.id) {
                 bail!("{}: the annotation id appears twice", what());
             }
-            let &(iw, ih) = sizes.get(&a.image_id).with_context(|| format!("{}: no such image", what()))?;
+            let &(iw, ih) = sizes
+                .get(&a.image_id)
+                .with_context(|| format!("{}: no such image", what()))?;
             if !cats.contains(&a.category_id) {
                 bail!("{}: unknown category id {}", what(), a.category_id);
             }
@@ -135,12 +150,20 @@ impl DetectionSet {
             }
             let [x, y, w, h] = a.bbox;
             if a.bbox.iter().any(|v| !v.is_finite()) || w <= 0.0 || h <= 0.0 {
-                bail!("{}: box {:?} has a non-positive or invalid size", what(), a.bbox);
+                bail!(
+                    "{}: box {:?} has a non-positive or invalid size",
+                    what(),
+                    a.bbox
+                );
             }
             let (x0, y0) = (x.max(0.0), y.max(0.0));
             let (x1, y1) = ((x + w).min(iw as f64), (y + h).min(ih as f64));
             if x1 <= x0 || y1 <= y0 {
-                bail!("{}: box {:?} lies entirely outside the {iw}x{ih} image", what(), a.bbox);
+                bail!(
+                    "{}: box {:?} lies entirely outside the {iw}x{ih} image",
+                    what(),
+                    a.bbox
+                );
             }
             if (x0, y0, x1, y1) != (x, y, x + w, y + h) {
                 let was_box_area = (a.area - w * h).abs() < 1e-6 * (w * h).max(1.0);

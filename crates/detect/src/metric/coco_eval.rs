@@ -18,7 +18,9 @@ use crate::data::coco::Detection;
 use crate::data::DetectionSet;
 
 /// The twelve statistics, named as pycocotools prints them.
-pub const STAT_NAMES: [&str; 12] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
+pub const STAT_NAMES: [&str; 12] = [
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CocoStats {
@@ -30,14 +32,20 @@ pub struct CocoStats {
 
 impl CocoStats {
     pub fn get(&self, name: &str) -> Option<f64> {
-        STAT_NAMES.iter().position(|n| *n == name).map(|i| self.values[i])
+        STAT_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| self.values[i])
     }
 
-    /// The statistics as a JSON object keyed by name.
-    pub fn to_json(&self) -> serde_json::Value {
-        let map: serde_json::Map<String, serde_json::Value> =
-            STAT_NAMES.iter().zip(self.values).map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect();
-        serde_json::Value::Object(map)
+    /// The statistics as one JSON object, keyed by name in pycocotools' order.
+    pub fn to_json(&self) -> String {
+        let fields: Vec<String> = STAT_NAMES
+            .iter()
+            .zip(self.values)
+            .map(|(n, v)| format!("\"{n}\":{}", serde_json::Value::from(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
     }
 
     /// The twelve lines pycocotools' `summarize()` prints.
@@ -120,7 +128,12 @@ struct ImageEval {
     regular_gt: usize,
 }
 
-fn evaluate_image(gts: &[&Gt], dts: &[&Dt], range: (f64, f64), thresholds: &[f64]) -> Option<ImageEval> {
+fn evaluate_image(
+    gts: &[&Gt],
+    dts: &[&Dt],
+    range: (f64, f64),
+    thresholds: &[f64],
+) -> Option<ImageEval> {
     if gts.is_empty() && dts.is_empty() {
         return None;
     }
@@ -130,11 +143,21 @@ fn evaluate_image(gts: &[&Gt], dts: &[&Dt], range: (f64, f64), thresholds: &[f64
     let mut gt_order: Vec<usize> = (0..gts.len()).collect();
     gt_order.sort_by_key(|&i| gt_ignored[i]);
     let mut dt_order: Vec<usize> = (0..dts.len()).collect();
-    dt_order.sort_by(|&a, &b| dts[b].score.partial_cmp(&dts[a].score).expect("finite scores"));
+    dt_order.sort_by(|&a, &b| {
+        dts[b]
+            .score
+            .partial_cmp(&dts[a].score)
+            .expect("finite scores")
+    });
     dt_order.truncate(*MAX_DETS.last().expect("non-empty"));
     let ious: Vec<Vec<f64>> = dt_order
         .iter()
-        .map(|&d| gt_order.iter().map(|&g| iou(&dts[d].bbox, &gts[g].bbox, gts[g].crowd)).collect())
+        .map(|&d| {
+            gt_order
+                .iter()
+                .map(|&g| iou(&dts[d].bbox, &gts[g].bbox, gts[g].crowd))
+                .collect()
+        })
         .collect();
     let g_ign: Vec<bool> = gt_order.iter().map(|&g| gt_ignored[g]).collect();
     let g_crowd: Vec<bool> = gt_order.iter().map(|&g| gts[g].crowd).collect();
@@ -190,11 +213,13 @@ pub fn evaluate(gt: &DetectionSet, dets: &[Detection]) -> Result<CocoStats> {
 
     let mut gts: HashMap<(u64, u64), Vec<Gt>> = HashMap::new();
     for a in &gt.annotations {
-        gts.entry((a.image_id, a.category_id)).or_default().push(Gt {
-            bbox: a.bbox,
-            area: a.area,
-            crowd: a.iscrowd,
-        });
+        gts.entry((a.image_id, a.category_id))
+            .or_default()
+            .push(Gt {
+                bbox: a.bbox,
+                area: a.area,
+                crowd: a.iscrowd,
+            });
     }
     let known_images: std::collections::HashSet<u64> = image_ids.iter().copied().collect();
     let known_cats: std::collections::HashSet<u64> = cat_ids.iter().copied().collect();
@@ -202,22 +227,35 @@ pub fn evaluate(gt: &DetectionSet, dets: &[Detection]) -> Result<CocoStats> {
     let mut dropped = 0;
     for (i, d) in dets.iter().enumerate() {
         if !known_images.contains(&d.image_id) {
-            bail!("detection {i} refers to image id {}, which is not in the ground truth", d.image_id);
+            bail!(
+                "detection {i} refers to image id {}, which is not in the ground truth",
+                d.image_id
+            );
         }
         if !known_cats.contains(&d.category_id) {
             dropped += 1;
             continue;
         }
-        dts.entry((d.image_id, d.category_id)).or_default().push(Dt {
-            bbox: d.bbox,
-            area: d.bbox[2] * d.bbox[3],
-            score: d.score,
-        });
+        dts.entry((d.image_id, d.category_id))
+            .or_default()
+            .push(Dt {
+                bbox: d.bbox,
+                area: d.bbox[2] * d.bbox[3],
+                score: d.score,
+            });
     }
 
-    let (nt, nr, nk, na, nm) = (thresholds.len(), recalls.len(), cat_ids.len(), AREAS.len(), MAX_DETS.len());
+    let (nt, nr, nk, na, nm) = (
+        thresholds.len(),
+        recalls.len(),
+        cat_ids.len(),
+        AREAS.len(),
+        MAX_DETS.len(),
+    );
     // precision[t][r][k][a][m] and recall[t][k][a][m], -1 where undefined.
-    let pidx = |t: usize, r: usize, k: usize, a: usize, m: usize| (((t * nr + r) * nk + k) * na + a) * nm + m;
+    let pidx = |t: usize, r: usize, k: usize, a: usize, m: usize| {
+        (((t * nr + r) * nk + k) * na + a) * nm + m
+    };
     let ridx = |t: usize, k: usize, a: usize, m: usize| ((t * nk + k) * na + a) * nm + m;
     let mut precision = vec![-1f64; nt * nr * nk * na * nm];
     let mut recall = vec![-1f64; nt * nk * na * nm];
@@ -283,7 +321,9 @@ pub fn evaluate(gt: &DetectionSet, dets: &[Detection]) -> Result<CocoStats> {
     }
 
     let mean_defined = |values: &mut dyn Iterator<Item = f64>| {
-        let (sum, n) = values.filter(|&v| v > -1.0).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        let (sum, n) = values
+            .filter(|&v| v > -1.0)
+            .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
         if n == 0 {
             -1.0
         } else {
@@ -292,11 +332,17 @@ pub fn evaluate(gt: &DetectionSet, dets: &[Detection]) -> Result<CocoStats> {
     };
     let ap = |ts: &[usize], a: usize, m: usize| {
         mean_defined(&mut ts.iter().flat_map(|&t| {
-            (0..nr).flat_map(move |r| (0..nk).map(move |k| (t, r, k))).map(|(t, r, k)| precision[pidx(t, r, k, a, m)])
+            (0..nr)
+                .flat_map(move |r| (0..nk).map(move |k| (t, r, k)))
+                .map(|(t, r, k)| precision[pidx(t, r, k, a, m)])
         }))
     };
     let ar = |a: usize, m: usize| {
-        mean_defined(&mut (0..nt).flat_map(|t| (0..nk).map(move |k| (t, k))).map(|(t, k)| recall[ridx(t, k, a, m)]))
+        mean_defined(
+            &mut (0..nt)
+                .flat_map(|t| (0..nk).map(move |k| (t, k)))
+                .map(|(t, k)| recall[ridx(t, k, a, m)]),
+        )
     };
     let all_t: Vec<usize> = (0..nt).collect();
     let values = [
@@ -313,7 +359,10 @@ pub fn evaluate(gt: &DetectionSet, dets: &[Detection]) -> Result<CocoStats> {
         ar(2, 2),
         ar(3, 2),
     ];
-    Ok(CocoStats { values, dropped_detections: dropped })
+    Ok(CocoStats {
+        values,
+        dropped_detections: dropped,
+    })
 }
 
 /// Per-category AP (IoU .50:.95, all areas, 100 detections), for reports.
@@ -323,7 +372,11 @@ pub fn per_category_ap(gt: &DetectionSet, dets: &[Detection]) -> Result<BTreeMap
         let mut sub = gt.clone();
         sub.categories = vec![c.clone()];
         sub.annotations.retain(|a| a.category_id == c.id);
-        let d: Vec<Detection> = dets.iter().filter(|d| d.category_id == c.id).cloned().collect();
+        let d: Vec<Detection> = dets
+            .iter()
+            .filter(|d| d.category_id == c.id)
+            .cloned()
+            .collect();
         out.insert(c.name.clone(), evaluate(&sub, &d)?.values[0]);
     }
     Ok(out)
