@@ -1,5 +1,6 @@
 //! Layers built from [`ops`], loaded from Hugging Face-named weights into a [`ParamStore`].
 
+pub mod conv;
 pub mod interpolate;
 pub mod ops;
 

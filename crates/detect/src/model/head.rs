@@ -1,0 +1,94 @@
+//! The detector on top of the backbone: a simple feature pyramid (ViTDet) and an anchor-free
+//! dense head (FCOS).
+//!
+//! ViTDet showed that a plain ViT needs no hierarchical backbone: strides p/2, p and 2p built
+//! from its single p-stride map are enough. FCOS was chosen over CenterNet because it assigns
+//! each box to the pyramid level that suits its size, so small and large objects on the same
+//! image (defects, tree crowns) are all found, and it needs no anchor tuning per data set.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use downstream_core::nn::conv::{pixel_shuffle2, pixel_unshuffle2, Conv3x3, Init};
+use downstream_core::nn::{ops, LayerNorm, Linear};
+use downstream_core::ParamStore;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+struct Level {
+    /// Into the level's resolution and width.
+    proj: Linear,
+    norm: LayerNorm,
+    conv: Conv3x3,
+}
+
+/// Raw outputs for every location of every level, concatenated level by level.
+pub struct HeadOutput {
+    /// `[B, L, K]` class logits.
+    pub class_logits: Tensor,
+    /// `[B, L, 4]` log distances to the box sides, in strides.
+    pub box_log: Tensor,
+    /// `[B, L]` centre-ness logits.
+    pub centerness: Tensor,
+}
+
+pub struct DetectionHead {
+    levels: [Level; 3],
+    tower: Conv3x3,
+    tower_norm: LayerNorm,
+    cls: Linear,
+    reg: Linear,
+    ctr: Linear,
+}
+
+impl DetectionHead {
+    /// New randomly initialised parameters in `store` (at the top depth), from `seed`.
+    pub fn new(store: &mut ParamStore, in_dim: usize, width: usize, classes: usize, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xde7ec7);
+        let depth = store.top_depth;
+        let mut init = Init { store, rng: &mut rng, depth, device: device.clone() };
+        let mut level = |name: &str, proj_in: usize, proj_out: usize| -> Result<Level> {
+            Ok(Level {
+                proj: init.linear(&format!("head.{name}.proj"), proj_in, proj_out)?,
+                norm: init.layer_norm(&format!("head.{name}.norm"), width, 1e-6)?,
+                conv: init.conv3x3(&format!("head.{name}.conv"), width, width)?,
+            })
+        };
+        let levels = [level("p3", in_dim, 4 * width)?, level("p4", in_dim, width)?, level("p5", 4 * in_dim, width)?];
+        let tower = init.conv3x3("head.tower", width, width)?;
+        let tower_norm = init.layer_norm("head.tower_norm", width, 1e-6)?;
+        // Every class starts at probability 0.01 so that the many background locations do
+        // not swamp the first steps (FCOS, RetinaNet).
+        let prior = -((1.0f64 - 0.01) / 0.01).ln() as f32;
+        let cls = init.linear_with_bias("head.cls", width, classes, prior)?;
+        let reg = init.linear("head.reg", width, 4)?;
+        let ctr = init.linear("head.ctr", width, 1)?;
+        Ok(Self { levels, tower, tower_norm, cls, reg, ctr })
+    }
+
+    /// `features` is the backbone's patch map, channels-last `[B, h, w, D]` (h, w even).
+    pub fn forward(&self, features: &Tensor) -> candle_core::Result<HeadOutput> {
+        let [p3, p4, p5] = &self.levels;
+        let maps = [
+            pixel_shuffle2(&p3.proj.forward(features)?)?,
+            p4.proj.forward(features)?,
+            p5.proj.forward(&pixel_unshuffle2(features)?)?,
+        ];
+        let mut cls = Vec::with_capacity(3);
+        let mut reg = Vec::with_capacity(3);
+        let mut ctr = Vec::with_capacity(3);
+        for (level, x) in [p3, p4, p5].iter().zip(maps) {
+            let x = level.conv.forward(&ops::gelu(&level.norm.forward(&x)?)?)?;
+            let x = ops::gelu(&self.tower_norm.forward(&self.tower.forward(&x)?)?)?;
+            let (b, h, w, c) = x.dims4()?;
+            let x = x.reshape((b, h * w, c))?;
+            cls.push(self.cls.forward(&x)?);
+            reg.push(self.reg.forward(&x)?);
+            ctr.push(self.ctr.forward(&x)?.squeeze(2)?);
+        }
+        Ok(HeadOutput {
+            class_logits: Tensor::cat(&cls, 1)?,
+            box_log: Tensor::cat(&reg, 1)?,
+            centerness: Tensor::cat(&ctr, 1)?,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! The FCOS loss, summed over a batch (the engine divides by the batch's positive count):
+//! sigmoid focal loss on every location and class, generalised IoU on the box of each
+//! positive location, and binary cross-entropy on its centre-ness.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+
+use super::assign::{Assigned, Geometry};
+use super::head::HeadOutput;
+
+const ALPHA: f64 = 0.25;
+
+/// `log(1 + exp(x))` without overflow.
+pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}
+
+/// Sigmoid focal loss (gamma 2), summed.
+fn focal(logits: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
+    let log_p = softplus(&logits.neg()?)?.neg()?;
+    let log_q = softplus(logits)?.neg()?;
+    let p = log_p.exp()?;
+    let q = log_q.exp()?;
+    let pos = (onehot * ALPHA)?.mul(&q.sqr()?)?.mul(&log_p)?;
+    let neg = ((onehot.neg()? + 1.0)? * (1.0 - ALPHA))?.mul(&p.sqr()?)?.mul(&log_q)?;
+    (pos + neg)?.neg()?.sum_all()
+}
+
+/// `1 - GIoU` of boxes given as side distances from a common point, `[P, 4]` each.
+fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
+    let side = |t: &Tensor, i: usize| t.narrow(1, i, 1);
+    let (pl, pt, pr, pb) = (side(pred, 0)?, side(pred, 1)?, side(pred, 2)?, side(pred, 3)?);
+    let (tl, tt, tr, tb) = (side(target, 0)?, side(target, 1)?, side(target, 2)?, side(target, 3)?);
+    let pred_area = ((&pl + &pr)? * (&pt + &pb)?)?;
+    let target_area = ((&tl + &tr)? * (&tt + &tb)?)?;
+    let iw = (pl.minimum(&tl)? + pr.minimum(&tr)?)?;
+    let ih = (pt.minimum(&tt)? + pb.minimum(&tb)?)?;
+    let inter = (iw * ih)?;
+    let union = ((pred_area + target_area)? - &inter)?;
+    let ew = (pl.maximum(&tl)? + pr.maximum(&tr)?)?;
+    let eh = (pt.maximum(&tt)? + pb.maximum(&tb)?)?;
+    let enclosing = (ew * eh)?;
+    let iou = inter.div(&union)?;
+    let giou = (iou - (&enclosing - &union)?.div(&enclosing)?)?;
+    (giou.neg()? + 1.0)?.sum_all()
+}
+
+/// Side distances in pixels from the head's log outputs: `exp(x) * stride`, with `x` bounded
+/// so that a wild early prediction cannot overflow.
+pub fn decode_distances(box_log: &Tensor, strides: &Tensor) -> candle_core::Result<Tensor> {
+    box_log.clamp(-8f32, 8f32)?.exp()?.broadcast_mul(strides)
+}
+
+/// Per-location strides `[L, 1]`.
+pub fn stride_column(geometry: &Geometry, device: &Device) -> candle_core::Result<Tensor> {
+    let v: Vec<f32> = geometry.levels.iter().flat_map(|&(s, h, w)| std::iter::repeat_n(s as f32, h * w)).collect();
+    let n = v.len();
+    Tensor::from_vec(v, (n, 1), device)
+}
+
+/// The summed loss of a batch and its number of positive locations.
+pub fn fcos_loss(out: &HeadOutput, targets: &[&[Option<Assigned>]], geometry: &Geometry) -> Result<Tensor> {
+    let device = out.class_logits.device();
+    let (b, l, k) = out.class_logits.dims3()?;
+    let mut onehot = vec![0f32; b * l * k];
+    let mut pos_index = Vec::new();
+    let mut ltrb = Vec::new();
+    let mut ctr = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        for (j, a) in t.iter().enumerate() {
+            if let Some(a) = a {
+                onehot[(i * l + j) * k + a.class] = 1.0;
+                pos_index.push((i * l + j) as u32);
+                ltrb.extend_from_slice(&a.ltrb);
+                ctr.push(a.centerness);
+            }
+        }
+    }
+    let onehot = Tensor::from_vec(onehot, (b, l, k), device)?;
+    let mut total = focal(&out.class_logits, &onehot)?;
+    let p = pos_index.len();
+    if p > 0 {
+        let idx = Tensor::from_vec(pos_index, p, device)?;
+        let strides = stride_column(geometry, device)?.repeat((b, 1))?.index_select(&idx, 0)?;
+        let pred = decode_distances(&out.box_log.reshape((b * l, 4))?.index_select(&idx, 0)?, &strides)?;
+        let target = Tensor::from_vec(ltrb, (p, 4), device)?;
+        total = (total + giou_loss(&pred, &target)?)?;
+        let logits = out.centerness.reshape(b * l)?.index_select(&idx, 0)?;
+        let t = Tensor::from_vec(ctr, p, device)?;
+        let bce = (softplus(&logits)? - logits.mul(&t)?)?.sum_all()?;
+        total = (total + bce)?;
+    }
+    Ok(total.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn giou_is_zero_for_identical_boxes_and_grows_apart() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[3f32, 4.0, 5.0, 6.0]], &dev).unwrap();
+        let same = giou_loss(&a, &a).unwrap().to_scalar::<f32>().unwrap();
+        assert!(same.abs() < 1e-6);
+        let b = Tensor::new(&[[1f32, 1.0, 1.0, 1.0]], &dev).unwrap();
+        let apart = giou_loss(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        // Nested boxes (8x10 around a 2x2): GIoU = IoU = 4 / 80.
+        assert!((apart - (1.0 - 4.0 / 80.0)).abs() < 1e-5, "{apart}");
+    }
+
+    #[test]
+    fn softplus_is_stable() {
+        let x = Tensor::new(&[-200f32, -1.0, 0.0, 1.0, 200.0], &Device::Cpu).unwrap();
+        let v: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
+        let want = [0.0, (1.0 + (-1f32).exp()).ln(), 2f32.ln(), 1.0 + (1.0 + (-1f32).exp()).ln(), 200.0];
+        for (g, w) in v.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{v:?}");
+        }
+    }
+}
