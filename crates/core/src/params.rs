@@ -244,6 +244,49 @@ impl WeightFile {
         })
     }
 
+    /// The same names and shapes with fresh values, as Hugging Face initialises a new model:
+    /// matrices, embeddings and tokens from N(0, 0.02) truncated at two standard deviations,
+    /// biases zero, norm scales and layer scales one. For from-scratch baselines.
+    pub fn randomized(self, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        names.sort();
+        let mut tensors = std::collections::HashMap::new();
+        for name in names {
+            let t = &self.tensors[&name];
+            let n = t.elem_count();
+            let last = name.rsplit('.').next().unwrap_or_default();
+            let is_norm = name.contains("norm") || name.contains("LayerNorm");
+            let values: Vec<f32> = if last == "bias" || last == "beta" {
+                vec![0.0; n]
+            } else if (is_norm && (last == "weight" || last == "gamma")) || last == "lambda1" {
+                vec![1.0; n]
+            } else {
+                (0..n)
+                    .map(|_| loop {
+                        // Box-Muller, redrawn beyond two standard deviations.
+                        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                        if z.abs() <= 2.0 {
+                            break (0.02 * z) as f32;
+                        }
+                    })
+                    .collect()
+            };
+            let fresh = if t.dtype().is_int() {
+                t.clone()
+            } else {
+                Tensor::from_vec(values, t.shape(), t.device())?
+            };
+            tensors.insert(name, fresh);
+        }
+        Ok(Self {
+            tensors,
+            path: format!("{} (randomly initialised)", self.path),
+        })
+    }
+
     /// The tensor `name`, checked to have `shape`.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self

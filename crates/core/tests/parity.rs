@@ -333,3 +333,34 @@ fn vit_rejects_sizes_that_are_not_patch_multiples() {
     let err = model.forward(&x, &[]).unwrap_err().to_string();
     assert!(err.contains("multiple of the patch size"), "{err}");
 }
+
+#[test]
+fn scratch_backbones_keep_the_architecture_and_drop_the_weights() {
+    let dir = fixtures().join("dinov2");
+    let spec = format!("{}{}", downstream_core::backbone::SCRATCH, dir.display());
+    let (pretrained, p) = Vit::load(&dir, Freeze::Frozen, &Device::Cpu).unwrap();
+    let (scratch, s) =
+        downstream_core::backbone::load_vision(&spec, Freeze::Full, &Device::Cpu).unwrap();
+    assert_eq!(pretrained.num_blocks(), scratch.num_blocks());
+    let names: Vec<_> = p.iter().map(|x| x.name.clone()).collect();
+    assert_eq!(names, s.iter().map(|x| x.name.clone()).collect::<Vec<_>>());
+    let w = |store: &ParamStore, n: &str| values(store.get(n).unwrap().tensor());
+    assert_ne!(
+        w(&p, "encoder.layer.0.mlp.fc1.weight"),
+        w(&s, "encoder.layer.0.mlp.fc1.weight")
+    );
+    assert!(w(&s, "encoder.layer.0.norm1.weight")
+        .iter()
+        .all(|&v| v == 1.0));
+    assert!(w(&s, "encoder.layer.0.mlp.fc1.bias")
+        .iter()
+        .all(|&v| v == 0.0));
+    let fc = w(&s, "encoder.layer.1.attention.attention.query.weight");
+    let std = (fc.iter().map(|v| v * v).sum::<f32>() / fc.len() as f32).sqrt();
+    assert!(
+        fc.iter().all(|v| v.abs() <= 0.04) && (0.01..0.025).contains(&std),
+        "std {std}"
+    );
+    let x = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    assert!(scratch.forward(&x, &[]).is_ok());
+}

@@ -32,10 +32,16 @@ pub fn load_text(
     Ok((model, tokenizer, params))
 }
 
-/// A vision backbone from a model name (fetched on first use) or an HF-layout folder.
+/// Prefix of a backbone spec that asks for the architecture without its pretrained weights.
+pub const SCRATCH: &str = "scratch:";
+
+/// A vision backbone from a model name (fetched on first use) or an HF-layout folder;
+/// `scratch:SPEC` gives the same architecture randomly initialised (a from-scratch baseline).
 pub fn load_vision(spec: &str, freeze: Freeze, device: &Device) -> Result<(Vit, ParamStore)> {
-    let dir = downstream_hub::resolve(spec)?;
-    Vit::load(&dir, freeze, device)
+    match spec.strip_prefix(SCRATCH) {
+        Some(inner) => Vit::load_with(&downstream_hub::resolve(inner)?, freeze, Some(0), device),
+        None => Vit::load(&downstream_hub::resolve(spec)?, freeze, device),
+    }
 }
 
 /// ImageNet mean and standard deviation per RGB channel, which both ViT and DINOv2

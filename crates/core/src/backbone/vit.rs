@@ -178,6 +178,16 @@ pub struct Vit {
 impl Vit {
     /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
+        Self::load_with(dir, freeze, None, device)
+    }
+
+    /// [`Vit::load`], or with `scratch_seed` the same architecture randomly initialised.
+    pub fn load_with(
+        dir: &Path,
+        freeze: Freeze,
+        scratch_seed: Option<u64>,
+        device: &Device,
+    ) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
         let config: VitConfig = serde_json::from_str(
             &std::fs::read_to_string(&config_path)
@@ -186,6 +196,9 @@ impl Vit {
         .with_context(|| format!("{}: not a ViT/DINOv2 config", config_path.display()))?;
         let mut file =
             WeightFile::load(&dir.join("model.safetensors"), &["vit.", "dinov2."], device)?;
+        if let Some(seed) = scratch_seed {
+            file = file.randomized(seed)?;
+        }
         let mut store = ParamStore::new();
         let model = Self::from_weights(config, &mut file, &mut store, freeze)
             .with_context(|| format!("loading vision backbone from {}", dir.display()))?;

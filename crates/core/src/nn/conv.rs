@@ -33,17 +33,23 @@ pub fn fold3x3(cols: &Tensor) -> candle_core::Result<Tensor> {
 struct Unfold3x3;
 struct Fold3x3;
 
-fn f32_input<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<(&'a [f32], [usize; 4])> {
+fn f32_input<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<(&'a [f32], [usize; 4])> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: only f32 is supported")
     };
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the input must be contiguous")))?;
-    let dims: [usize; 4] = layout
-        .dims()
-        .try_into()
-        .map_err(|_| candle_core::Error::Msg(format!("{op}: expected a 4-d tensor, got {:?}", layout.dims())))?;
+    let dims: [usize; 4] = layout.dims().try_into().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "{op}: expected a 4-d tensor, got {:?}",
+            layout.dims()
+        ))
+    })?;
     Ok((&data[start..end], dims))
 }
 
@@ -77,16 +83,26 @@ impl CustomOp1 for Unfold3x3 {
         "unfold3x3"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (src, [b, h, w, c]) = f32_input(storage, layout, "unfold3x3")?;
         let mut out = vec![0f32; b * h * w * 9 * c];
         for_each_tap(b, h, w, |pixel, tap, from| {
-            out[(pixel * 9 + tap) * c..(pixel * 9 + tap + 1) * c].copy_from_slice(&src[from * c..(from + 1) * c]);
+            out[(pixel * 9 + tap) * c..(pixel * 9 + tap + 1) * c]
+                .copy_from_slice(&src[from * c..(from + 1) * c]);
         });
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, 9 * c))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(fold3x3(grad)?))
     }
 }
@@ -96,7 +112,11 @@ impl CustomOp1 for Fold3x3 {
         "fold3x3"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (src, [b, h, w, c9]) = f32_input(storage, layout, "fold3x3")?;
         let c = c9 / 9;
         let mut out = vec![0f32; b * h * w * c];
@@ -109,7 +129,12 @@ impl CustomOp1 for Fold3x3 {
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(unfold3x3(grad)?))
     }
 }
@@ -133,14 +158,20 @@ impl Conv3x3 {
 pub fn pixel_shuffle2(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, w, c4) = x.dims4()?;
     let c = c4 / 4;
-    x.reshape((b, h, w, 2, 2, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?.reshape((b, 2 * h, 2 * w, c))
+    x.reshape((b, h, w, 2, 2, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b, 2 * h, 2 * w, c))
 }
 
 /// Rearranges `[B, H, W, C]` (even H and W) into `[B, H/2, W/2, 4C]` (each 2x2 block becomes
 /// one pixel). After a linear map this is a stride-2, kernel-2 convolution.
 pub fn pixel_unshuffle2(x: &Tensor) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
-    x.reshape((b, h / 2, 2, w / 2, 2, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?.reshape((b, h / 2, w / 2, 4 * c))
+    x.reshape((b, h / 2, 2, w / 2, 2, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b, h / 2, w / 2, 4 * c))
 }
 
 /// New trainable parameters, initialised as PyTorch initialises its layers, from a seeded
@@ -156,8 +187,15 @@ impl<R: Rng> Init<'_, R> {
     /// Uniform in `[-bound, bound]`.
     pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f64) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..=bound) as f32).collect();
-        self.store.insert(name, Tensor::from_vec(v, shape, &self.device)?, self.depth, true)
+        let v: Vec<f32> = (0..n)
+            .map(|_| self.rng.random_range(-bound..=bound) as f32)
+            .collect();
+        self.store.insert(
+            name,
+            Tensor::from_vec(v, shape, &self.device)?,
+            self.depth,
+            true,
+        )
     }
 
     pub fn constant(&mut self, name: &str, shape: &[usize], value: f32) -> Result<Tensor> {
@@ -175,7 +213,13 @@ impl<R: Rng> Init<'_, R> {
     }
 
     /// A linear layer whose bias starts at `bias` everywhere.
-    pub fn linear_with_bias(&mut self, name: &str, in_dim: usize, out_dim: usize, bias: f32) -> Result<super::Linear> {
+    pub fn linear_with_bias(
+        &mut self,
+        name: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: f32,
+    ) -> Result<super::Linear> {
         let bound = 1.0 / (in_dim as f64).sqrt();
         Ok(super::Linear {
             weight: self.uniform(&format!("{name}.weight"), &[out_dim, in_dim], bound)?,
@@ -214,9 +258,18 @@ mod tests {
         // Kernel [out, in, 3, 3] as candle's conv2d wants it, and the same as [out, 9 * in].
         let k = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
-        let flat = k.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap().reshape((cout, 9 * cin)).unwrap();
+        let flat = k
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((cout, 9 * cin))
+            .unwrap();
         let wv = Var::from_tensor(&flat).unwrap();
-        let conv = Conv3x3 { weight: wv.as_tensor().clone(), bias: bias.clone() };
+        let conv = Conv3x3 {
+            weight: wv.as_tensor().clone(),
+            bias: bias.clone(),
+        };
         let ours = conv.forward(&x).unwrap();
         let nchw = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
         let want = nchw
@@ -226,7 +279,14 @@ mod tests {
             .unwrap()
             .permute((0, 2, 3, 1))
             .unwrap();
-        let d = (ours.clone() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (ours.clone() - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-4, "max diff {d}");
         let grads = ours.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(wv.as_tensor()).is_some());
@@ -240,9 +300,17 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 4, 3, 5), &dev).unwrap()).unwrap();
         let g = Tensor::randn(0f32, 1.0, (2, 4, 3, 45), &dev).unwrap();
-        let loss = (unfold3x3(x.as_tensor()).unwrap() * &g).unwrap().sum_all().unwrap();
+        let loss = (unfold3x3(x.as_tensor()).unwrap() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let got = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
-        let padded = x.as_tensor().pad_with_zeros(1, 1, 1).unwrap().pad_with_zeros(2, 1, 1).unwrap();
+        let padded = x
+            .as_tensor()
+            .pad_with_zeros(1, 1, 1)
+            .unwrap()
+            .pad_with_zeros(2, 1, 1)
+            .unwrap();
         let mut taps = Vec::new();
         for dy in 0..3 {
             for dx in 0..3 {
@@ -250,18 +318,52 @@ mod tests {
             }
         }
         let reference = Tensor::cat(&taps, 3).unwrap();
-        let d = (reference.clone() - unfold3x3(x.as_tensor()).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "forward differs from pads and slices");
-        let want = (reference * &g).unwrap().sum_all().unwrap().backward().unwrap().get(x.as_tensor()).unwrap().clone();
-        let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (reference.clone() - unfold3x3(x.as_tensor()).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(
+            d.to_scalar::<f32>().unwrap(),
+            0.0,
+            "forward differs from pads and slices"
+        );
+        let want = (reference * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .clone();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "gradient differs by {d}");
     }
 
     #[test]
     fn shuffles_are_inverse() {
-        let x = Tensor::arange(0f32, 2.0 * 4.0 * 6.0 * 3.0, &Device::Cpu).unwrap().reshape((2, 4, 6, 3)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 4.0 * 6.0 * 3.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 4, 6, 3))
+            .unwrap();
         let y = pixel_shuffle2(&pixel_unshuffle2(&x).unwrap()).unwrap();
-        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F32).unwrap();
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
         assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
     }
 }

@@ -70,6 +70,26 @@ impl DetectionSet {
         map
     }
 
+    /// Reads the size of every image whose record gives none (0 x 0) from its file.
+    pub fn fill_image_sizes(&mut self) -> Result<()> {
+        let root = self.root.clone();
+        self.images
+            .par_iter_mut()
+            .filter(|im| im.width == 0 || im.height == 0)
+            .try_for_each(|im| -> Result<()> {
+                let path = root.join(&im.file_name);
+                let (w, h) = image::image_dimensions(&path).with_context(|| {
+                    format!(
+                        "image id {} ({}) is missing or unreadable",
+                        im.id,
+                        path.display()
+                    )
+                })?;
+                (im.width, im.height) = (w, h);
+                Ok(())
+            })
+    }
+
     /// Category id to a contiguous class index (in id order).
     pub fn class_index(&self) -> BTreeMap<u64, usize> {
         let mut ids: Vec<u64> = self.categories.iter().map(|c| c.id).collect();

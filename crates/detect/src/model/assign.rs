@@ -21,7 +21,10 @@ impl Geometry {
     pub fn new(size: usize, patch: usize) -> Self {
         let g = size / patch;
         let p = patch as f64;
-        Self { size, levels: vec![(p / 2.0, 2 * g, 2 * g), (p, g, g), (2.0 * p, g / 2, g / 2)] }
+        Self {
+            size,
+            levels: vec![(p / 2.0, 2 * g, 2 * g), (p, g, g), (2.0 * p, g / 2, g / 2)],
+        }
     }
 
     /// All locations, level by level, row-major: (centre x, centre y, level).
@@ -30,7 +33,11 @@ impl Geometry {
         for (l, &(s, h, w)) in self.levels.iter().enumerate() {
             for i in 0..h {
                 for j in 0..w {
-                    out.push((((j as f64 + 0.5) * s) as f32, ((i as f64 + 0.5) * s) as f32, l));
+                    out.push((
+                        ((j as f64 + 0.5) * s) as f32,
+                        ((i as f64 + 0.5) * s) as f32,
+                        l,
+                    ));
                 }
             }
         }
@@ -48,8 +55,16 @@ impl Geometry {
     /// The range of the largest side distance `max(l, t, r, b)` that level `l` predicts:
     /// 4x the level's stride up to 4x the next one (FCOS uses 8x for its larger inputs).
     pub fn size_range(&self, level: usize) -> (f32, f32) {
-        let lo = if level == 0 { 0.0 } else { 4.0 * self.levels[level - 1].0 as f32 };
-        let hi = if level + 1 == self.levels.len() { f32::INFINITY } else { 4.0 * self.levels[level].0 as f32 };
+        let lo = if level == 0 {
+            0.0
+        } else {
+            4.0 * self.levels[level - 1].0 as f32
+        };
+        let hi = if level + 1 == self.levels.len() {
+            f32::INFINITY
+        } else {
+            4.0 * self.levels[level].0 as f32
+        };
         (lo, hi)
     }
 }
@@ -89,7 +104,14 @@ pub fn assign(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<As
             }
             let [l, t, r, b] = ltrb;
             let centerness = ((l.min(r) / l.max(r)) * (t.min(b) / t.max(b))).sqrt();
-            best = Some((area, Assigned { class, ltrb, centerness }));
+            best = Some((
+                area,
+                Assigned {
+                    class,
+                    ltrb,
+                    centerness,
+                },
+            ));
         }
         out[k] = best.map(|(_, a)| a);
     }
@@ -118,9 +140,17 @@ mod tests {
         let large = (2, [100.0, 60.0, 220.0, 200.0]);
         let a = assign(&g, &[small, large]);
         let locs = g.locations();
-        let pos: Vec<_> = a.iter().zip(&locs).filter_map(|(a, l)| a.map(|a| (a.class, l.2))).collect();
+        let pos: Vec<_> = a
+            .iter()
+            .zip(&locs)
+            .filter_map(|(a, l)| a.map(|a| (a.class, l.2)))
+            .collect();
         assert!(pos.iter().any(|&(c, l)| c == 1 && l == 0));
-        assert!(pos.iter().all(|&(c, l)| (c == 1 && l == 0) || (c == 2 && l == 2)), "{pos:?}");
+        assert!(
+            pos.iter()
+                .all(|&(c, l)| (c == 1 && l == 0) || (c == 2 && l == 2)),
+            "{pos:?}"
+        );
         // Positives stay near the centre.
         for (a, l) in a.iter().zip(&locs) {
             if let Some(a) = a {

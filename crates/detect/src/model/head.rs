@@ -18,7 +18,6 @@ struct Level {
     /// Into the level's resolution and width.
     proj: Linear,
     norm: LayerNorm,
-    conv: Conv3x3,
 }
 
 /// Raw outputs for every location of every level, concatenated level by level.
@@ -42,18 +41,33 @@ pub struct DetectionHead {
 
 impl DetectionHead {
     /// New randomly initialised parameters in `store` (at the top depth), from `seed`.
-    pub fn new(store: &mut ParamStore, in_dim: usize, width: usize, classes: usize, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        in_dim: usize,
+        width: usize,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xde7ec7);
         let depth = store.top_depth;
-        let mut init = Init { store, rng: &mut rng, depth, device: device.clone() };
+        let mut init = Init {
+            store,
+            rng: &mut rng,
+            depth,
+            device: device.clone(),
+        };
         let mut level = |name: &str, proj_in: usize, proj_out: usize| -> Result<Level> {
             Ok(Level {
                 proj: init.linear(&format!("head.{name}.proj"), proj_in, proj_out)?,
                 norm: init.layer_norm(&format!("head.{name}.norm"), width, 1e-6)?,
-                conv: init.conv3x3(&format!("head.{name}.conv"), width, width)?,
             })
         };
-        let levels = [level("p3", in_dim, 4 * width)?, level("p4", in_dim, width)?, level("p5", 4 * in_dim, width)?];
+        let levels = [
+            level("p3", in_dim, 4 * width)?,
+            level("p4", in_dim, width)?,
+            level("p5", 4 * in_dim, width)?,
+        ];
         let tower = init.conv3x3("head.tower", width, width)?;
         let tower_norm = init.layer_norm("head.tower_norm", width, 1e-6)?;
         // Every class starts at probability 0.01 so that the many background locations do
@@ -62,7 +76,14 @@ impl DetectionHead {
         let cls = init.linear_with_bias("head.cls", width, classes, prior)?;
         let reg = init.linear("head.reg", width, 4)?;
         let ctr = init.linear("head.ctr", width, 1)?;
-        Ok(Self { levels, tower, tower_norm, cls, reg, ctr })
+        Ok(Self {
+            levels,
+            tower,
+            tower_norm,
+            cls,
+            reg,
+            ctr,
+        })
     }
 
     /// `features` is the backbone's patch map, channels-last `[B, h, w, D]` (h, w even).
@@ -77,7 +98,9 @@ impl DetectionHead {
         let mut reg = Vec::with_capacity(3);
         let mut ctr = Vec::with_capacity(3);
         for (level, x) in [p3, p4, p5].iter().zip(maps) {
-            let x = level.conv.forward(&ops::gelu(&level.norm.forward(&x)?)?)?;
+            // One 3x3 convolution shared by all levels: the ViT features already carry global
+            // context, and on a CPU the convolutions dominate the head's cost.
+            let x = ops::gelu(&level.norm.forward(&x)?)?;
             let x = ops::gelu(&self.tower_norm.forward(&self.tower.forward(&x)?)?)?;
             let (b, h, w, c) = x.dims4()?;
             let x = x.reshape((b, h * w, c))?;

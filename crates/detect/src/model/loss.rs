@@ -22,15 +22,27 @@ fn focal(logits: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
     let p = log_p.exp()?;
     let q = log_q.exp()?;
     let pos = (onehot * ALPHA)?.mul(&q.sqr()?)?.mul(&log_p)?;
-    let neg = ((onehot.neg()? + 1.0)? * (1.0 - ALPHA))?.mul(&p.sqr()?)?.mul(&log_q)?;
+    let neg = ((onehot.neg()? + 1.0)? * (1.0 - ALPHA))?
+        .mul(&p.sqr()?)?
+        .mul(&log_q)?;
     (pos + neg)?.neg()?.sum_all()
 }
 
 /// `1 - GIoU` of boxes given as side distances from a common point, `[P, 4]` each.
 fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
     let side = |t: &Tensor, i: usize| t.narrow(1, i, 1);
-    let (pl, pt, pr, pb) = (side(pred, 0)?, side(pred, 1)?, side(pred, 2)?, side(pred, 3)?);
-    let (tl, tt, tr, tb) = (side(target, 0)?, side(target, 1)?, side(target, 2)?, side(target, 3)?);
+    let (pl, pt, pr, pb) = (
+        side(pred, 0)?,
+        side(pred, 1)?,
+        side(pred, 2)?,
+        side(pred, 3)?,
+    );
+    let (tl, tt, tr, tb) = (
+        side(target, 0)?,
+        side(target, 1)?,
+        side(target, 2)?,
+        side(target, 3)?,
+    );
     let pred_area = ((&pl + &pr)? * (&pt + &pb)?)?;
     let target_area = ((&tl + &tr)? * (&tt + &tb)?)?;
     let iw = (pl.minimum(&tl)? + pr.minimum(&tr)?)?;
@@ -53,13 +65,21 @@ pub fn decode_distances(box_log: &Tensor, strides: &Tensor) -> candle_core::Resu
 
 /// Per-location strides `[L, 1]`.
 pub fn stride_column(geometry: &Geometry, device: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = geometry.levels.iter().flat_map(|&(s, h, w)| std::iter::repeat_n(s as f32, h * w)).collect();
+    let v: Vec<f32> = geometry
+        .levels
+        .iter()
+        .flat_map(|&(s, h, w)| std::iter::repeat_n(s as f32, h * w))
+        .collect();
     let n = v.len();
     Tensor::from_vec(v, (n, 1), device)
 }
 
 /// The summed loss of a batch and its number of positive locations.
-pub fn fcos_loss(out: &HeadOutput, targets: &[&[Option<Assigned>]], geometry: &Geometry) -> Result<Tensor> {
+pub fn fcos_loss(
+    out: &HeadOutput,
+    targets: &[&[Option<Assigned>]],
+    geometry: &Geometry,
+) -> Result<Tensor> {
     let device = out.class_logits.device();
     let (b, l, k) = out.class_logits.dims3()?;
     let mut onehot = vec![0f32; b * l * k];
@@ -81,8 +101,13 @@ pub fn fcos_loss(out: &HeadOutput, targets: &[&[Option<Assigned>]], geometry: &G
     let p = pos_index.len();
     if p > 0 {
         let idx = Tensor::from_vec(pos_index, p, device)?;
-        let strides = stride_column(geometry, device)?.repeat((b, 1))?.index_select(&idx, 0)?;
-        let pred = decode_distances(&out.box_log.reshape((b * l, 4))?.index_select(&idx, 0)?, &strides)?;
+        let strides = stride_column(geometry, device)?
+            .repeat((b, 1))?
+            .index_select(&idx, 0)?;
+        let pred = decode_distances(
+            &out.box_log.reshape((b * l, 4))?.index_select(&idx, 0)?,
+            &strides,
+        )?;
         let target = Tensor::from_vec(ltrb, (p, 4), device)?;
         total = (total + giou_loss(&pred, &target)?)?;
         let logits = out.centerness.reshape(b * l)?.index_select(&idx, 0)?;
@@ -113,7 +138,13 @@ mod tests {
     fn softplus_is_stable() {
         let x = Tensor::new(&[-200f32, -1.0, 0.0, 1.0, 200.0], &Device::Cpu).unwrap();
         let v: Vec<f32> = softplus(&x).unwrap().to_vec1().unwrap();
-        let want = [0.0, (1.0 + (-1f32).exp()).ln(), 2f32.ln(), 1.0 + (1.0 + (-1f32).exp()).ln(), 200.0];
+        let want = [
+            0.0,
+            (1.0 + (-1f32).exp()).ln(),
+            2f32.ln(),
+            1.0 + (1.0 + (-1f32).exp()).ln(),
+            200.0,
+        ];
         for (g, w) in v.iter().zip(want) {
             assert!((g - w).abs() < 1e-5, "{v:?}");
         }

@@ -27,11 +27,19 @@ pub struct PostProcess {
     pub nms_iou: f32,
     /// Boxes kept per image.
     pub max_detections: usize,
+    /// Only boxes at least this confident are drawn on prediction images (all are saved).
+    pub draw_threshold: f32,
 }
 
 impl Default for PostProcess {
     fn default() -> Self {
-        Self { score_threshold: 0.05, pre_nms: 1000, nms_iou: 0.6, max_detections: 100 }
+        Self {
+            score_threshold: 0.05,
+            pre_nms: 1000,
+            nms_iou: 0.6,
+            max_detections: 100,
+            draw_threshold: 0.5,
+        }
     }
 }
 
@@ -55,7 +63,10 @@ pub fn nms(mut dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
         if kept.len() >= max {
             break;
         }
-        if kept.iter().all(|k| k.class != d.class || iou(&k.xyxy, &d.xyxy) <= threshold) {
+        if kept
+            .iter()
+            .all(|k| k.class != d.class || iou(&k.xyxy, &d.xyxy) <= threshold)
+        {
             kept.push(d);
         }
     }
@@ -65,11 +76,12 @@ pub fn nms(mut dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
 /// Boxes for every image of a batch, in input pixels.
 pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result<Vec<Vec<BoxDet>>> {
     let dev: &Device = out.class_logits.device();
-    let (b, l, k) = out.class_logits.dims3()?;
+    let (b, l, _) = out.class_logits.dims3()?;
     let prob = candle_nn_sigmoid(&out.class_logits)?;
     let ctr = candle_nn_sigmoid(&out.centerness)?.unsqueeze(D::Minus1)?;
     let scores: Vec<Vec<Vec<f32>>> = prob.broadcast_mul(&ctr)?.sqrt()?.to_vec3()?;
-    let dist: Vec<Vec<Vec<f32>>> = decode_distances(&out.box_log, &stride_column(geometry, dev)?)?.to_vec3()?;
+    let dist: Vec<Vec<Vec<f32>>> =
+        decode_distances(&out.box_log, &stride_column(geometry, dev)?)?.to_vec3()?;
     let locations = geometry.locations();
     let mut result = Vec::with_capacity(b);
     for i in 0..b {
@@ -79,12 +91,15 @@ pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result
             let end = start + h * w;
             let mut level: Vec<BoxDet> = Vec::new();
             for j in start..end {
-                for c in 0..k {
-                    let s = scores[i][j][c];
+                for (c, &s) in scores[i][j].iter().enumerate() {
                     if s > pp.score_threshold {
                         let (x, y, _) = locations[j];
                         let d = &dist[i][j];
-                        level.push(BoxDet { class: c, score: s, xyxy: [x - d[0], y - d[1], x + d[2], y + d[3]] });
+                        level.push(BoxDet {
+                            class: c,
+                            score: s,
+                            xyxy: [x - d[0], y - d[1], x + d[2], y + d[3]],
+                        });
                     }
                 }
             }
@@ -121,7 +136,10 @@ mod tests {
             det(0, 0.7, [50.0, 50.0, 60.0, 60.0]),
         ];
         let kept = nms(dets, 0.5, 100);
-        assert_eq!(kept.iter().map(|d| d.score).collect::<Vec<_>>(), vec![0.9, 0.8, 0.7]);
+        assert_eq!(
+            kept.iter().map(|d| d.score).collect::<Vec<_>>(),
+            vec![0.9, 0.8, 0.7]
+        );
         assert_eq!(nms(kept, 0.5, 2).len(), 2);
     }
 }

@@ -1,0 +1,208 @@
+//! The detector as an engine task: backbone, head, loss, prediction and COCO metrics.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use downstream_core::backbone::{self, Vit};
+use downstream_core::train::{Features, Metrics, Task, TrainConfig};
+use downstream_core::{Freeze, ParamStore};
+use serde::{Deserialize, Serialize};
+
+use crate::data::coco::Detection;
+use crate::data::{Category, DetectionSet};
+use crate::dataset::Target;
+use crate::metric::coco_eval::{self, STAT_NAMES};
+use crate::model::assign::Geometry;
+use crate::model::head::DetectionHead;
+use crate::model::loss::fcos_loss;
+use crate::model::postprocess::{decode, nms, BoxDet, PostProcess};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Channels of the pyramid and head.
+    pub width: usize,
+    /// Read the raw output of this backbone block instead of the final-norm output.
+    pub feature_block: Option<usize>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            width: 96,
+            feature_block: None,
+        }
+    }
+}
+
+pub struct Detector {
+    pub backbone: Vit,
+    pub head: DetectionHead,
+    pub params: ParamStore,
+    pub frozen: bool,
+    pub geometry: Geometry,
+    pub postprocess: PostProcess,
+    /// Class index to category.
+    pub categories: Vec<Category>,
+    pub feature_block: Option<usize>,
+    /// Ground truth that [`Task::evaluate`] scores against.
+    pub eval_gt: Option<DetectionSet>,
+}
+
+impl Detector {
+    /// The backbone and mode `train` names, with a new head (seeded by `train.seed`) for
+    /// `categories` in class-index order.
+    pub fn new(
+        train: &TrainConfig,
+        model: &ModelConfig,
+        input_size: usize,
+        categories: Vec<Category>,
+        postprocess: PostProcess,
+        device: &Device,
+    ) -> Result<Self> {
+        let (spec, mode, seed) = (train.backbone.as_str(), train.mode, train.seed);
+        let (backbone, mut params) = backbone::load_vision(spec, mode, device)?;
+        if let Some(b) = model.feature_block {
+            anyhow::ensure!(
+                b < backbone.num_blocks(),
+                "feature_block {b}: the backbone has {} blocks",
+                backbone.num_blocks()
+            );
+        }
+        let head = DetectionHead::new(
+            &mut params,
+            backbone.hidden_size(),
+            model.width,
+            categories.len(),
+            seed,
+            device,
+        )?;
+        let geometry = Geometry::new(input_size, backbone.patch_size());
+        Ok(Self {
+            backbone,
+            head,
+            params,
+            frozen: mode == Freeze::Frozen,
+            geometry,
+            postprocess,
+            categories,
+            feature_block: model.feature_block,
+            eval_gt: None,
+        })
+    }
+
+    pub fn params_device(&self) -> Device {
+        self.params
+            .iter()
+            .next()
+            .map(|p| p.tensor().device().clone())
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// Boxes for a batch of inputs `[B, 3, S, S]`, in input pixels.
+    pub fn detect(&self, inputs: &[Tensor]) -> Result<Vec<Vec<BoxDet>>> {
+        let feats = self.encode(inputs)?;
+        self.predict(&feats.iter().collect::<Vec<_>>())
+    }
+
+    fn head_input(features: &[&Features]) -> Result<Tensor> {
+        let maps: Vec<Tensor> = features.iter().map(|f| f[0].clone()).collect();
+        Ok(Tensor::stack(&maps, 0)?)
+    }
+
+    /// Per-sample detections merged into per-image COCO results in original pixels.
+    pub fn to_results(&self, outputs: Vec<Vec<BoxDet>>, targets: &[&Target]) -> Vec<Detection> {
+        let mut per_image: BTreeMap<u64, Vec<BoxDet>> = BTreeMap::new();
+        for (dets, t) in outputs.into_iter().zip(targets) {
+            let entry = per_image.entry(t.sample.image_id).or_default();
+            for d in dets {
+                let [x, y, w, h] = t.sample.to_original(d.xyxy);
+                if w > 0.0 && h > 0.0 {
+                    entry.push(BoxDet {
+                        xyxy: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
+                        ..d
+                    });
+                }
+            }
+        }
+        let pp = &self.postprocess;
+        let mut out = Vec::new();
+        for (image_id, dets) in per_image {
+            // Tiles overlap: the same object may have been found twice.
+            for d in nms(dets, pp.nms_iou, pp.max_detections) {
+                let [x0, y0, x1, y1] = d.xyxy.map(|v| v as f64);
+                out.push(Detection {
+                    image_id,
+                    category_id: self.categories[d.class].id,
+                    bbox: [x0, y0, x1 - x0, y1 - y0],
+                    score: d.score as f64,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Task for Detector {
+    type Input = Tensor;
+    type Target = Target;
+    type Output = Vec<BoxDet>;
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn backbone_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
+        let x = Tensor::stack(inputs, 0)?;
+        let keep: Vec<usize> = self.feature_block.into_iter().collect();
+        let out = self.backbone.forward(&x, &keep)?;
+        let map = match self.feature_block {
+            Some(b) => out.block_map(b)?,
+            None => out.feature_map()?,
+        };
+        // Channels-last, as the head's matrix-product convolutions want it.
+        let map = map.permute((0, 2, 3, 1))?;
+        (0..inputs.len())
+            .map(|i| Ok(vec![map.get(i)?.contiguous()?]))
+            .collect()
+    }
+
+    fn loss(&self, features: &[&Features], targets: &[&Target]) -> Result<Tensor> {
+        let out = self.head.forward(&Self::head_input(features)?)?;
+        let assigned: Vec<&[_]> = targets.iter().map(|t| t.assigned.as_slice()).collect();
+        fcos_loss(&out, &assigned, &self.geometry)
+    }
+
+    fn loss_weight(&self, targets: &[&Target]) -> f64 {
+        // FCOS normalises by the positive locations of the batch.
+        targets.iter().map(|t| t.positives).sum::<usize>().max(1) as f64
+    }
+
+    fn predict(&self, features: &[&Features]) -> Result<Vec<Vec<BoxDet>>> {
+        let out = self.head.forward(&Self::head_input(features)?)?;
+        decode(&out, &self.geometry, &self.postprocess)
+    }
+
+    fn evaluate(&self, outputs: Vec<Vec<BoxDet>>, targets: &[&Target]) -> Result<Metrics> {
+        let gt = self
+            .eval_gt
+            .as_ref()
+            .context("the detector has no ground truth to evaluate against")?;
+        let results = self.to_results(outputs, targets);
+        let stats = coco_eval::evaluate(gt, &results)?;
+        Ok(STAT_NAMES
+            .iter()
+            .zip(stats.values)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect())
+    }
+
+    fn main_metric(&self) -> &str {
+        "AP"
+    }
+}

@@ -1,0 +1,398 @@
+//! Train, evaluate and predict: what the `detect` commands do, as library functions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use downstream_core::train::checkpoint;
+use downstream_core::train::config::{load_toml, TrainConfig};
+use downstream_core::train::trainer::{fit, FitReport, RunOptions};
+use downstream_core::train::Dataset;
+use serde::{Deserialize, Serialize};
+
+use crate::data::coco::{self, Detection};
+use crate::data::{self, Category, DetectionSet, ImageRecord};
+use crate::dataset::{DetectionData, InputConfig, Target};
+use crate::detector::{Detector, ModelConfig};
+use crate::draw::{annotate_file, Labelled};
+use crate::metric::coco_eval;
+use crate::model::postprocess::PostProcess;
+use crate::synth;
+
+/// Where training and validation data come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// A COCO JSON file or a Pascal VOC folder; the built-in shapes set if absent.
+    pub train: Option<PathBuf>,
+    /// Validation data in the same forms; if absent, `val_fraction` of the training images.
+    pub val: Option<PathBuf>,
+    pub val_fraction: Option<f64>,
+}
+
+/// Everything a detection run is made of; saved as `config.toml` in the run folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    pub data: DataConfig,
+    pub input: InputConfig,
+    pub model: ModelConfig,
+    pub postprocess: PostProcess,
+    pub train: TrainConfig,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            data: DataConfig::default(),
+            input: InputConfig::default(),
+            model: ModelConfig::default(),
+            postprocess: PostProcess::default(),
+            train: TrainConfig {
+                epochs: 12,
+                batch: 16,
+                lr: 2e-3,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+impl DetectConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        load_toml(path)
+    }
+}
+
+/// Where generated and fetched data sets live: `$DOWNSTREAM_DATASETS`, else `datasets/cache/`
+/// in the repository this build came from.
+pub fn datasets_root() -> PathBuf {
+    match std::env::var_os("DOWNSTREAM_DATASETS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(crate_dir)
+                .join("datasets")
+                .join("cache")
+        }
+    }
+}
+
+/// The images of `set` whose ids are (or, with `keep = false`, are not) in `ids`.
+fn subset(set: &DetectionSet, ids: &std::collections::HashSet<u64>, keep: bool) -> DetectionSet {
+    let mut s = set.clone();
+    s.images.retain(|im| ids.contains(&im.id) == keep);
+    s.annotations.retain(|a| ids.contains(&a.image_id) == keep);
+    s
+}
+
+/// Loads (or generates) the training and validation sets a configuration names.
+pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
+    let (train_path, val_path) = match &cfg.train {
+        Some(p) => (p.clone(), cfg.val.clone()),
+        None => {
+            let (t, v) = synth::ensure(
+                &datasets_root().join("shapes"),
+                &synth::SynthSpec::default(),
+            )?;
+            (t, Some(v))
+        }
+    };
+    let train = data::load(&train_path)?;
+    let val = match (val_path, cfg.val_fraction) {
+        (Some(v), _) => data::load(&v)?,
+        (None, fraction) => {
+            let fraction = fraction.unwrap_or(0.2);
+            anyhow::ensure!(
+                fraction > 0.0 && fraction < 1.0,
+                "val_fraction must be between 0 and 1"
+            );
+            // Every k-th image (by id) validates: deterministic and spread over the set.
+            let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
+            ids.sort_unstable();
+            let k = (1.0 / fraction).round().max(2.0) as usize;
+            let val_ids: std::collections::HashSet<u64> =
+                ids.iter().copied().skip(k - 1).step_by(k).collect();
+            let val = subset(&train, &val_ids, true);
+            return Ok((subset(&train, &val_ids, false), val));
+        }
+    };
+    Ok((train, val))
+}
+
+/// What a finished training run reports.
+pub struct TrainOutcome {
+    pub report: FitReport,
+    /// COCO statistics of the best checkpoint on the validation set.
+    pub stats: coco_eval::CocoStats,
+    pub per_category: BTreeMap<String, f64>,
+    pub run_dir: PathBuf,
+    pub predictions: Vec<PathBuf>,
+    pub clipped: usize,
+}
+
+/// Trains a detector as `cfg` says into `run.dir`, then scores the best checkpoint on the
+/// validation set and draws predictions for a few validation images.
+pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
+    let device = run.device.clone();
+    let (train_set, val_set) = load_data(&cfg.data)?;
+    if train_set.images.is_empty() || val_set.images.is_empty() {
+        bail!("need at least one training and one validation image");
+    }
+    let clipped = train_set.clipped + val_set.clipped;
+    let mut categories = train_set.categories.clone();
+    categories.sort_by_key(|c| c.id);
+    let classes: BTreeMap<u64, usize> = categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, i))
+        .collect();
+    let mut detector = Detector::new(
+        &cfg.train,
+        &cfg.model,
+        cfg.input.size,
+        categories,
+        cfg.postprocess.clone(),
+        &device,
+    )?;
+    let patch = detector.backbone.patch_size();
+    detector.eval_gt = Some(val_set.clone());
+    std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
+    downstream_core::atomic::write(
+        &run.dir.join("categories.json"),
+        serde_json::to_string_pretty(&detector.categories)?.as_bytes(),
+    )?;
+    let train_data = DetectionData::new(
+        train_set,
+        cfg.input.clone(),
+        patch,
+        classes.clone(),
+        &device,
+    )?;
+    let val_data = DetectionData::new(val_set.clone(), cfg.input.clone(), patch, classes, &device)?;
+    let report = fit(
+        &detector,
+        &train_data,
+        Some(&val_data),
+        &cfg.train,
+        cfg,
+        run,
+    )?;
+    if !report.finished {
+        return Ok(TrainOutcome {
+            report,
+            stats: coco_eval::CocoStats {
+                values: [-1.0; 12],
+                dropped_detections: 0,
+            },
+            per_category: BTreeMap::new(),
+            run_dir: run.dir.clone(),
+            predictions: Vec::new(),
+            clipped,
+        });
+    }
+    if let Some(best) = &report.best_checkpoint {
+        checkpoint::load(best, &device)?.restore_params(&detector.params)?;
+    }
+    let (results, targets_ok) = predict_set(&detector, &val_data, cfg.train.batch)?;
+    coco::save_results(&results, &run.dir.join("val_results.json"))?;
+    let stats = coco_eval::evaluate(&val_set, &results)?;
+    let per_category = coco_eval::per_category_ap(&val_set, &results)?;
+    let predictions = draw_predictions(
+        &detector,
+        &val_set,
+        &results,
+        &run.dir.join("predictions"),
+        8,
+    )?;
+    debug_assert!(targets_ok);
+    Ok(TrainOutcome {
+        report,
+        stats,
+        per_category,
+        run_dir: run.dir.clone(),
+        predictions,
+        clipped,
+    })
+}
+
+/// COCO results of `detector` on every example of `data`.
+pub fn predict_set(
+    detector: &Detector,
+    data: &DetectionData,
+    batch: usize,
+) -> Result<(Vec<Detection>, bool)> {
+    let mut outputs = Vec::new();
+    let mut targets = Vec::new();
+    let keys: Vec<usize> = (0..data.len()).collect();
+    for chunk in keys.chunks(batch.max(1)) {
+        let inputs: Vec<Tensor> = chunk
+            .iter()
+            .map(|&i| data.input(i, 0))
+            .collect::<Result<_>>()?;
+        outputs.extend(detector.detect(&inputs)?);
+        for &i in chunk {
+            targets.push(data.target(i, 0)?);
+        }
+    }
+    let refs: Vec<&Target> = targets.iter().collect();
+    Ok((detector.to_results(outputs, &refs), true))
+}
+
+/// Draws the detections at or above the draw threshold on the first `limit` images into `dir`.
+pub fn draw_predictions(
+    detector: &Detector,
+    set: &DetectionSet,
+    results: &[Detection],
+    dir: &Path,
+    limit: usize,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let names: BTreeMap<u64, (usize, &str)> = detector
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, (i, c.name.as_str())))
+        .collect();
+    let mut written = Vec::new();
+    for im in set.images.iter().take(limit) {
+        let boxes: Vec<Labelled> = results
+            .iter()
+            .filter(|d| {
+                d.image_id == im.id && d.score >= detector.postprocess.draw_threshold as f64
+            })
+            .map(|d| {
+                let (class, name) = names.get(&d.category_id).copied().unwrap_or((0, "?"));
+                Labelled {
+                    bbox: d.bbox,
+                    label: format!("{name} {:.2}", d.score),
+                    class,
+                }
+            })
+            .collect();
+        let stem = Path::new(&im.file_name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dst = dir.join(format!("{stem}.png"));
+        annotate_file(&set.image_path(im), &dst, &boxes)?;
+        written.push(dst);
+    }
+    Ok(written)
+}
+
+/// A trained detector loaded from its run folder: the configuration it was trained with,
+/// its categories, and its best (else last) checkpoint.
+pub fn load_run(run_dir: &Path, device: &Device) -> Result<(DetectConfig, Detector)> {
+    let cfg = DetectConfig::load(&run_dir.join("config.toml"))
+        .with_context(|| format!("{} is not a detect run folder", run_dir.display()))?;
+    let cats_path = run_dir.join("categories.json");
+    let categories: Vec<Category> = serde_json::from_str(
+        &std::fs::read_to_string(&cats_path)
+            .with_context(|| format!("reading {}", cats_path.display()))?,
+    )
+    .with_context(|| format!("{}: malformed", cats_path.display()))?;
+    let detector = Detector::new(
+        &cfg.train,
+        &cfg.model,
+        cfg.input.size,
+        categories,
+        cfg.postprocess.clone(),
+        device,
+    )?;
+    let best = run_dir.join("checkpoints").join("best.safetensors");
+    let path = if best.is_file() {
+        best
+    } else {
+        run_dir.join("checkpoints").join("last.safetensors")
+    };
+    checkpoint::load(&path, device)?.restore_params(&detector.params)?;
+    Ok((cfg, detector))
+}
+
+/// Image files named directly or found in folders (png, jpg, jpeg, bmp, tif, tiff), sorted.
+pub fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let is_image = |p: &Path| {
+        p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            ["png", "jpg", "jpeg", "bmp", "tif", "tiff"].contains(&e.to_ascii_lowercase().as_str())
+        })
+    };
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_image(p))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            bail!("{}: no such image or folder", input.display());
+        }
+    }
+    if files.is_empty() {
+        bail!("no images found in {:?}", inputs);
+    }
+    Ok(files)
+}
+
+/// Runs a trained detector on image files; writes `predictions.json` (COCO results, image ids
+/// numbering the files from 1, with `images.json` mapping them to paths) and annotated PNGs
+/// into `out`.
+pub fn predict_files(
+    cfg: &DetectConfig,
+    detector: &Detector,
+    files: &[PathBuf],
+    out: &Path,
+) -> Result<Vec<Detection>> {
+    let images: Vec<ImageRecord> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let abs = std::fs::canonicalize(f)
+                .with_context(|| format!("{}: cannot be opened", f.display()))?;
+            Ok(ImageRecord {
+                id: i as u64 + 1,
+                file_name: abs.to_string_lossy().into_owned(),
+                width: 0,
+                height: 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut set = DetectionSet {
+        root: PathBuf::from("/"),
+        source: out.join("images.json"),
+        images,
+        annotations: Vec::new(),
+        categories: detector.categories.clone(),
+        clipped: 0,
+        image_sources: Default::default(),
+    };
+    set.fill_image_sizes()?;
+    let classes = detector
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id, i))
+        .collect();
+    let data = DetectionData::new(
+        set.clone(),
+        cfg.input.clone(),
+        detector.backbone.patch_size(),
+        classes,
+        &detector.params_device(),
+    )?;
+    let (results, _) = predict_set(detector, &data, cfg.train.batch)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    coco::save_results(&results, &out.join("predictions.json"))?;
+    coco::save(&set, &out.join("images.json"))?;
+    draw_predictions(detector, &set, &results, out, usize::MAX)?;
+    Ok(results)
+}
