@@ -17,6 +17,19 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Named data sets (manifests under datasets/).
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// List the named data sets.
+    List,
+    /// Fetch, verify and convert a data set into datasets/cache/.
+    Fetch { name: String },
 }
 
 #[derive(Subcommand)]
@@ -60,6 +73,41 @@ fn main() -> Result<()> {
                 let dir = downstream_hub::ensure(&m, &downstream_hub::root())?;
                 println!("{}: {}", m.name, dir.display());
             }
+        }
+        Command::Datasets {
+            command: DatasetsCommand::List,
+        } => {
+            for m in downstream_hub::manifest::datasets()? {
+                println!("{:<12} {:<10} {}", m.name, m.family, m.summary);
+            }
+        }
+        Command::Datasets {
+            command: DatasetsCommand::Fetch { name },
+        } => {
+            let m = downstream_hub::manifest::find_dataset(&name)?;
+            // The raw files come through the hub; the task crate that owns the format turns
+            // them into its training and validation sets.
+            let dir = downstream_hub::ensure(&m, &downstream_hub::datasets_root())?;
+            println!("{name}: raw files in {}", dir.display());
+            let task = match m.family.as_str() {
+                "detection" => "detect",
+                other => anyhow::bail!("no task crate converts `{other}` data sets yet"),
+            };
+            let status = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            )
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                task,
+                "--",
+                "fetch",
+                &name,
+            ])
+            .status()?;
+            anyhow::ensure!(status.success(), "`{task} fetch {name}` failed");
         }
     }
     Ok(())

@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Args, Clone, Debug, Default)]
 struct DataArgs {
-    /// Training data: a COCO JSON file or a Pascal VOC folder (default: the built-in shapes set).
+    /// Training data: a COCO JSON file, a Pascal VOC folder, or `deepforest` (fetched on first
+    /// use; default: the built-in shapes set).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Validation data (default: every fifth training image).
@@ -72,6 +73,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch and convert a named data set (deepforest) into datasets/cache/.
+    Fetch { name: String },
     /// Detect objects in images (files or folders): COCO results JSON and annotated PNGs.
     Predict {
         /// A run folder (runs/detect/NAME).
@@ -270,6 +273,14 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Eval { .. } => anyhow::bail!("eval needs either --run DIR or both --gt and --dt"),
+        Command::Fetch { name } => {
+            anyhow::ensure!(
+                name == detect::data::deepforest::NAME,
+                "unknown data set `{name}`: known: deepforest"
+            );
+            let (train, val) = detect::data::deepforest::ensure()?;
+            println!("{name}: {} and {}", train.display(), val.display());
+        }
         Command::Predict { run, out, images } => {
             let device = Device::Cpu;
             let (cfg, detector) = pipeline::load_run(&run, &device)?;

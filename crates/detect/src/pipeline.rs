@@ -65,22 +65,7 @@ impl DetectConfig {
     }
 }
 
-/// Where generated and fetched data sets live: `$DOWNSTREAM_DATASETS`, else `datasets/cache/`
-/// in the repository this build came from.
-pub fn datasets_root() -> PathBuf {
-    match std::env::var_os("DOWNSTREAM_DATASETS") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-            crate_dir
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(crate_dir)
-                .join("datasets")
-                .join("cache")
-        }
-    }
-}
+pub use downstream_hub::datasets_root;
 
 /// The images of `set` whose ids are (or, with `keep = false`, are not) in `ids`.
 fn subset(set: &DetectionSet, ids: &std::collections::HashSet<u64>, keep: bool) -> DetectionSet {
@@ -93,6 +78,11 @@ fn subset(set: &DetectionSet, ids: &std::collections::HashSet<u64>, keep: bool) 
 /// Loads (or generates) the training and validation sets a configuration names.
 pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
     let (train_path, val_path) = match &cfg.train {
+        // A named data set, prepared on first use.
+        Some(p) if p.as_os_str() == data::deepforest::NAME && !p.exists() => {
+            let (t, v) = data::deepforest::ensure()?;
+            (t, cfg.val.clone().or(Some(v)))
+        }
         Some(p) => (p.clone(), cfg.val.clone()),
         None => {
             let (t, v) = synth::ensure(

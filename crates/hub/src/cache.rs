@@ -36,6 +36,22 @@ pub fn root() -> PathBuf {
     }
 }
 
+/// Where fetched data sets live: `$DOWNSTREAM_DATASETS` if set, else `datasets/cache/` in the
+/// repository this build came from.
+pub fn datasets_root() -> PathBuf {
+    match std::env::var_os("DOWNSTREAM_DATASETS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let repo = crate_dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(crate_dir);
+            repo.join("datasets").join("cache")
+        }
+    }
+}
+
 /// A backbone folder for `spec`: an existing directory is used as it is; `hf:ORG/NAME` is
 /// downloaded from the Hugging Face hub (with the `hf-hub` feature); anything else is a model
 /// name, fetched and converted on first use.

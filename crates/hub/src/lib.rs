@@ -6,5 +6,5 @@ pub mod cache;
 pub mod manifest;
 pub mod onnx;
 
-pub use cache::{ensure, resolve, root};
+pub use cache::{datasets_root, ensure, resolve, root};
 pub use manifest::Manifest;

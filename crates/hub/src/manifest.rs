@@ -55,6 +55,35 @@ pub enum Convert {
     },
 }
 
+/// The data-set manifests shipped with this build (`datasets/*.toml`), same format.
+const DATASETS: &[(&str, &str)] = &[(
+    "deepforest.toml",
+    include_str!("../../../datasets/deepforest.toml"),
+)];
+
+/// Every data-set manifest.
+pub fn datasets() -> Result<Vec<Manifest>> {
+    DATASETS
+        .iter()
+        .map(|(file, text)| parse(text).with_context(|| format!("datasets/{file}")))
+        .collect()
+}
+
+/// The data-set manifest called `name`.
+pub fn find_dataset(name: &str) -> Result<Manifest> {
+    let all = datasets()?;
+    match all.iter().find(|m| m.name == name) {
+        Some(m) => Ok(m.clone()),
+        None => bail!(
+            "unknown data set `{name}`: known data sets are {}",
+            all.iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 pub fn all() -> Result<Vec<Manifest>> {
     BUILT_IN
         .iter()

@@ -18,6 +18,10 @@ fn built_in_manifests_parse_and_have_unique_names() {
     names.dedup();
     assert_eq!(names.len(), all.len());
     assert!(manifest::find("dinov2-s14").is_ok());
+    assert_eq!(
+        manifest::find_dataset("deepforest").unwrap().family,
+        "detection"
+    );
     let err = manifest::find("no-such-model").unwrap_err().to_string();
     assert!(
         err.contains("minilm-l6") && err.contains("dinov2-s14"),

@@ -5,6 +5,7 @@
 //! image, which are clipped and counted.
 
 pub mod coco;
+pub mod deepforest;
 pub mod voc;
 
 use std::collections::{BTreeMap, HashMap};

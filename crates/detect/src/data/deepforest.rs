@@ -1,0 +1,120 @@
+//! The DeepForest sample data as COCO training and validation sets.
+//!
+//! The package ships four aerial images of tree crowns in Pascal VOC XML (951 boxes). With
+//! so few images, a split by image would validate on one scene only; instead every image is
+//! cut at three quarters of its height: the top part trains, the bottom quarter validates,
+//! so both sets see every site. A box goes with the part that holds its centre and is clipped
+//! to it. The labels (`Tree`, and `Alive`/`Dead` in one image) become a single class `tree`,
+//! as DeepForest's own model has.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{coco, voc, Annotation, Category, DetectionSet, ImageRecord};
+
+pub const NAME: &str = "deepforest";
+
+/// Fraction of each image's height, from the top, that trains.
+pub const TRAIN_FRACTION: f64 = 0.75;
+
+/// Fetches the raw data (on first use) and converts it; returns the train and val JSON paths.
+pub fn ensure() -> Result<(PathBuf, PathBuf)> {
+    let manifest = downstream_hub::manifest::find_dataset(NAME)?;
+    let raw = downstream_hub::ensure(&manifest, &downstream_hub::datasets_root())?;
+    prepare(&raw, &raw.join("coco"))
+}
+
+/// Converts the raw VOC folder `raw` into `out/{train,val}.json` with cropped images.
+pub fn prepare(raw: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (train_json, val_json) = (out.join("train.json"), out.join("val.json"));
+    if out.join(".complete").is_file() {
+        return Ok((train_json, val_json));
+    }
+    let set = voc::load(raw, None)?;
+    let partial = out.with_extension("partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("clearing {}", partial.display()))?;
+    }
+    let categories = vec![Category {
+        id: 1,
+        name: "tree".into(),
+    }];
+    let mut splits = [
+        ("train", Vec::new(), Vec::new()),
+        ("val", Vec::new(), Vec::new()),
+    ];
+    for (i, im) in set.images.iter().enumerate() {
+        let path = set.image_path(im);
+        let img = image::open(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .to_rgb8();
+        let cut = (im.height as f64 * TRAIN_FRACTION).round() as u32;
+        let stem = Path::new(&im.file_name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (part, (name, images, annotations)) in splits.iter_mut().enumerate() {
+            let (y0, y1) = if part == 0 {
+                (0, cut)
+            } else {
+                (cut, im.height)
+            };
+            let dir = partial.join(*name);
+            std::fs::create_dir_all(&dir)?;
+            let file_name = format!("{name}/{stem}.png");
+            image::imageops::crop_imm(&img, 0, y0, im.width, y1 - y0)
+                .to_image()
+                .save(partial.join(&file_name))
+                .with_context(|| format!("writing {}", partial.join(&file_name).display()))?;
+            let id = i as u64 + 1;
+            images.push(ImageRecord {
+                id,
+                file_name,
+                width: im.width,
+                height: y1 - y0,
+            });
+            for a in set.annotations.iter().filter(|a| a.image_id == im.id) {
+                let [x, y, w, h] = a.bbox;
+                let centre = y + h / 2.0;
+                if (centre < cut as f64) != (part == 0) {
+                    continue;
+                }
+                let top = y.max(y0 as f64);
+                let bottom = (y + h).min(y1 as f64);
+                if bottom - top < 2.0 {
+                    continue;
+                }
+                let bbox = [x, top - y0 as f64, w, bottom - top];
+                annotations.push(Annotation {
+                    id: annotations.len() as u64 + 1,
+                    image_id: id,
+                    category_id: 1,
+                    bbox,
+                    area: bbox[2] * bbox[3],
+                    iscrowd: a.iscrowd,
+                });
+            }
+        }
+    }
+    for (name, images, annotations) in splits {
+        let part = DetectionSet {
+            root: partial.clone(),
+            source: partial.join(format!("{name}.json")),
+            images,
+            annotations,
+            categories: categories.clone(),
+            clipped: 0,
+            image_sources: Default::default(),
+        };
+        coco::save(&part, &partial.join(format!("{name}.json")))?;
+    }
+    std::fs::write(partial.join(".complete"), b"")?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+    }
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("moving the converted data to {}", out.display()))?;
+    Ok((train_json, val_json))
+}
