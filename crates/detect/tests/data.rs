@@ -309,7 +309,16 @@ fn the_deepforest_split_keeps_every_box_once_on_the_side_of_its_centre() {
     let raw = tempfile::tempdir().unwrap();
     write_png(&raw.path().join("a.png"), 64, 48);
     // Centre rows: 9 (train), 33 (train, crosses the cut at row 36), 40 (val, crosses it).
-    write_voc(raw.path(), "a.xml", "a.png", &[("Tree", [1, 2, 11, 16], false), ("Alive", [20, 28, 30, 38], false), ("Dead", [40, 34, 50, 46], false)]);
+    write_voc(
+        raw.path(),
+        "a.xml",
+        "a.png",
+        &[
+            ("Tree", [1, 2, 11, 16], false),
+            ("Alive", [20, 28, 30, 38], false),
+            ("Dead", [40, 34, 50, 46], false),
+        ],
+    );
     let out = raw.path().join("coco");
     let (train, val) = detect::data::deepforest::prepare(raw.path(), &out).unwrap();
     let train = coco::load(&train, None).unwrap();
@@ -318,10 +327,27 @@ fn the_deepforest_split_keeps_every_box_once_on_the_side_of_its_centre() {
     assert_eq!((train.images[0].height, val.images[0].height), (36, 12));
     assert_eq!(train.annotations.len(), 2);
     assert_eq!(val.annotations.len(), 1);
-    assert_eq!(train.annotations[1].bbox, [20.0, 28.0, 10.0, 8.0], "clipped at the cut");
-    assert_eq!(val.annotations[0].bbox, [40.0, 0.0, 10.0, 10.0], "shifted into the strip and clipped");
+    assert_eq!(
+        train.annotations[1].bbox,
+        [20.0, 28.0, 10.0, 8.0],
+        "clipped at the cut"
+    );
+    assert_eq!(
+        val.annotations[0].bbox,
+        [40.0, 0.0, 10.0, 10.0],
+        "shifted into the strip and clipped"
+    );
     // A second call reuses the converted files.
-    let before = std::fs::metadata(out.join("train.json")).unwrap().modified().unwrap();
+    let before = std::fs::metadata(out.join("train.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
     detect::data::deepforest::prepare(raw.path(), &out).unwrap();
-    assert_eq!(std::fs::metadata(out.join("train.json")).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(out.join("train.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
 }
