@@ -92,6 +92,30 @@ impl Detector {
         })
     }
 
+    /// Category id to class index.
+    pub fn class_index(&self) -> BTreeMap<u64, usize> {
+        self.categories
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id, i))
+            .collect()
+    }
+
+    /// `set` as examples for this detector.
+    pub fn examples(
+        &self,
+        set: DetectionSet,
+        input: &crate::dataset::InputConfig,
+    ) -> Result<crate::dataset::DetectionData> {
+        crate::dataset::DetectionData::new(
+            set,
+            input.clone(),
+            self.backbone.patch_size(),
+            self.class_index(),
+            &self.params_device(),
+        )
+    }
+
     pub fn params_device(&self) -> Device {
         self.params
             .iter()

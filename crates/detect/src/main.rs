@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use detect::data::coco;
-use detect::dataset::DetectionData;
 use detect::metric::coco_eval;
 use detect::pipeline::{self, DetectConfig, TrainOutcome};
 use downstream_core::train::config::{RunArgs, TrainArgs};
@@ -230,19 +229,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.data.val = data;
             }
             let (_, val) = pipeline::load_data(&cfg.data)?;
-            let classes = detector
-                .categories
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.id, i))
-                .collect();
-            let val_data = DetectionData::new(
-                val.clone(),
-                cfg.input.clone(),
-                detector.backbone.patch_size(),
-                classes,
-                &device,
-            )?;
+            let val_data = detector.examples(val.clone(), &cfg.input)?;
             let (results, _) = pipeline::predict_set(&detector, &val_data, cfg.train.batch)?;
             let stats = coco_eval::evaluate(&val, &results)?;
             if json {

@@ -136,11 +136,6 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let clipped = train_set.clipped + val_set.clipped;
     let mut categories = train_set.categories.clone();
     categories.sort_by_key(|c| c.id);
-    let classes: BTreeMap<u64, usize> = categories
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id, i))
-        .collect();
     let mut detector = Detector::new(
         &cfg.train,
         &cfg.model,
@@ -149,21 +144,14 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         cfg.postprocess.clone(),
         &device,
     )?;
-    let patch = detector.backbone.patch_size();
     detector.eval_gt = Some(val_set.clone());
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
     downstream_core::atomic::write(
         &run.dir.join("categories.json"),
         serde_json::to_string_pretty(&detector.categories)?.as_bytes(),
     )?;
-    let train_data = DetectionData::new(
-        train_set,
-        cfg.input.clone(),
-        patch,
-        classes.clone(),
-        &device,
-    )?;
-    let val_data = DetectionData::new(val_set.clone(), cfg.input.clone(), patch, classes, &device)?;
+    let train_data = detector.examples(train_set, &cfg.input)?;
+    let val_data = detector.examples(val_set.clone(), &cfg.input)?;
     let report = fit(
         &detector,
         &train_data,
@@ -366,19 +354,7 @@ pub fn predict_files(
         image_sources: Default::default(),
     };
     set.fill_image_sizes()?;
-    let classes = detector
-        .categories
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.id, i))
-        .collect();
-    let data = DetectionData::new(
-        set.clone(),
-        cfg.input.clone(),
-        detector.backbone.patch_size(),
-        classes,
-        &detector.params_device(),
-    )?;
+    let data = detector.examples(set.clone(), &cfg.input)?;
     let (results, _) = predict_set(detector, &data, cfg.train.batch)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     coco::save_results(&results, &out.join("predictions.json"))?;

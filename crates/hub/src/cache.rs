@@ -23,23 +23,18 @@ const COMPLETE: &str = ".complete";
 /// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` in the
 /// repository this build came from.
 pub fn root() -> PathBuf {
-    match std::env::var_os("DOWNSTREAM_MODELS") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let repo = crate_dir
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(crate_dir);
-            repo.join("models").join("cache")
-        }
-    }
+    cache_dir("DOWNSTREAM_MODELS", "models")
 }
 
 /// Where fetched data sets live: `$DOWNSTREAM_DATASETS` if set, else `datasets/cache/` in the
 /// repository this build came from.
 pub fn datasets_root() -> PathBuf {
-    match std::env::var_os("DOWNSTREAM_DATASETS") {
+    cache_dir("DOWNSTREAM_DATASETS", "datasets")
+}
+
+/// `$var` if set, else `<folder>/cache/` in the repository this build came from.
+fn cache_dir(var: &str, folder: &str) -> PathBuf {
+    match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => {
             let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -47,7 +42,7 @@ pub fn datasets_root() -> PathBuf {
                 .parent()
                 .and_then(Path::parent)
                 .unwrap_or(crate_dir);
-            repo.join("datasets").join("cache")
+            repo.join(folder).join("cache")
         }
     }
 }

@@ -71,16 +71,18 @@ pub fn datasets() -> Result<Vec<Manifest>> {
 
 /// The data-set manifest called `name`.
 pub fn find_dataset(name: &str) -> Result<Manifest> {
-    let all = datasets()?;
+    pick(datasets()?, name, "data set", "")
+}
+
+fn pick(all: Vec<Manifest>, name: &str, what: &str, hint: &str) -> Result<Manifest> {
+    let known = all
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     match all.iter().find(|m| m.name == name) {
         Some(m) => Ok(m.clone()),
-        None => bail!(
-            "unknown data set `{name}`: known data sets are {}",
-            all.iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => bail!("unknown {what} `{name}`: known {what}s are {known}{hint}"),
     }
 }
 
@@ -101,12 +103,10 @@ pub fn parse(text: &str) -> Result<Manifest> {
 
 /// The manifest called `name`.
 pub fn find(name: &str) -> Result<Manifest> {
-    let all = all()?;
-    match all.iter().find(|m| m.name == name) {
-        Some(m) => Ok(m.clone()),
-        None => bail!(
-            "unknown model `{name}`: known models are {}; a path to a Hugging Face-layout folder works too",
-            all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-        ),
-    }
+    pick(
+        all()?,
+        name,
+        "model",
+        "; a path to a Hugging Face-layout folder works too",
+    )
 }

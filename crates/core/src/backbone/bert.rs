@@ -49,11 +49,7 @@ impl Bert {
     /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
-        let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(&config_path)
-                .with_context(|| format!("reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("{}: not a BERT config", config_path.display()))?;
+        let config: Config = super::read_config(&config_path, "BERT")?;
         let mut file = WeightFile::load(&dir.join("model.safetensors"), &["bert."], device)?;
         let mut store = ParamStore::new();
         let model = Self::from_weights(config, &mut file, &mut store, freeze)

@@ -12,6 +12,16 @@ use candle_core::Device;
 use crate::params::{Freeze, ParamStore};
 use crate::tokenizer::TextTokenizer;
 
+/// A Hugging Face `config.json` of the `kind` a loader expects.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    kind: &str,
+) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a {kind} config", path.display()))
+}
+
 /// The default text backbone (all-MiniLM-L6-v2).
 pub const DEFAULT_TEXT: &str = "minilm-l6";
 /// The default vision backbone (DINOv2 ViT-S/14).

@@ -189,11 +189,7 @@ impl Vit {
         device: &Device,
     ) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
-        let config: VitConfig = serde_json::from_str(
-            &std::fs::read_to_string(&config_path)
-                .with_context(|| format!("reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("{}: not a ViT/DINOv2 config", config_path.display()))?;
+        let config: VitConfig = super::read_config(&config_path, "ViT/DINOv2")?;
         let mut file =
             WeightFile::load(&dir.join("model.safetensors"), &["vit.", "dinov2."], device)?;
         if let Some(seed) = scratch_seed {
