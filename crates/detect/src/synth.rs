@@ -214,14 +214,13 @@ fn build(root: &Path, spec: &SynthSpec, marker: &Marker) -> Result<()> {
                 height: spec.size,
             });
             for (category_id, bbox) in objects {
-                annotations.push(Annotation {
-                    id: annotations.len() as u64 + 1,
+                annotations.push(Annotation::from_box(
+                    annotations.len() as u64 + 1,
                     image_id,
                     category_id,
                     bbox,
-                    area: bbox[2] * bbox[3],
-                    iscrowd: false,
-                });
+                    false,
+                ));
             }
         }
         let json = root.join(format!("{}.json", split.name()));

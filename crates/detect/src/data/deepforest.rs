@@ -121,14 +121,13 @@ pub fn prepare(raw: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
                             right - left,
                             bottom - top,
                         ];
-                        annotations.push(Annotation {
-                            id: annotations.len() as u64 + 1,
-                            image_id: id,
-                            category_id: 1,
+                        annotations.push(Annotation::from_box(
+                            annotations.len() as u64 + 1,
+                            id,
+                            1,
                             bbox,
-                            area: bbox[2] * bbox[3],
-                            iscrowd: a.iscrowd,
-                        });
+                            a.iscrowd,
+                        ));
                     }
                 }
             }

@@ -42,6 +42,26 @@ pub struct Annotation {
     pub iscrowd: bool,
 }
 
+impl Annotation {
+    /// A box whose area is its own (not a segmentation's).
+    pub fn from_box(
+        id: u64,
+        image_id: u64,
+        category_id: u64,
+        bbox: [f64; 4],
+        iscrowd: bool,
+    ) -> Self {
+        Self {
+            id,
+            image_id,
+            category_id,
+            bbox,
+            area: bbox[2] * bbox[3],
+            iscrowd,
+        }
+    }
+}
+
 /// A validated detection data set: images under `root`, boxes, categories.
 #[derive(Clone, Debug)]
 pub struct DetectionSet {

@@ -143,14 +143,13 @@ pub fn load(dir: &Path, classes: Option<&[String]>) -> Result<DetectionSet> {
                     names
                 ),
             };
-            annotations.push(Annotation {
-                id: annotations.len() as u64 + 1,
+            annotations.push(Annotation::from_box(
+                annotations.len() as u64 + 1,
                 image_id,
                 category_id,
                 bbox,
-                area: bbox[2] * bbox[3],
-                iscrowd: difficult,
-            });
+                difficult,
+            ));
         }
     }
     DetectionSet {
