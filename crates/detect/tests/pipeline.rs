@@ -238,3 +238,58 @@ fn train_on_bad_data_fails_cleanly_naming_the_file() {
         "nothing half-written"
     );
 }
+
+#[test]
+fn the_eval_and_predict_commands_use_a_trained_run() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let runs = tempfile::tempdir().unwrap();
+    let run_dir = runs.path().join("detect").join("cli");
+    let mut cfg = config(ann, Freeze::Frozen);
+    cfg.train.epochs = 1;
+    pipeline::train(&cfg, &quiet(&run_dir)).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
+        .args(["eval", "--json", "--run"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stats["AP"].as_f64().is_some() && stats["ARl"].as_f64().is_some(),
+        "{stats}"
+    );
+
+    let pred = runs.path().join("pred");
+    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
+        .args(["predict", "--run"])
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&pred)
+        .arg(data.path().join("img001.png"))
+        .arg(data.path().join("img004.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pred.join("img001.png").is_file() && pred.join("img004.png").is_file());
+    let results = coco::load_results(&pred.join("predictions.json")).unwrap();
+    assert!(results.iter().all(|d| d.image_id == 1 || d.image_id == 2));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
+        .args(["predict", "--run"])
+        .arg(runs.path().join("no-such-run"))
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-run"));
+}
