@@ -131,9 +131,7 @@ pub fn decay_applies(name: &str, rank: usize) -> bool {
         && !name.contains("position_embeddings")
         && !name.contains("cls_token")
         && !name.contains("mask_token")
-        && !name.contains("LayerNorm")
-        && !name.contains("layernorm")
-        && !name.contains("norm")
+        && !name.to_ascii_lowercase().contains("norm")
 }
 
 /// All parameters of a model, in a stable (name) order.

@@ -182,6 +182,14 @@ fn print_outcome(o: &TrainOutcome, seconds: f64) {
     }
 }
 
+fn print_stats(stats: &coco_eval::CocoStats, json: bool) {
+    if json {
+        println!("{}", stats.to_json());
+    } else {
+        print!("{}", stats.summary());
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Train {
         data: DataArgs::default(),
@@ -230,13 +238,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (_, val) = pipeline::load_data(&cfg.data)?;
             let val_data = detector.examples(val.clone(), &cfg.input)?;
-            let (results, _) = pipeline::predict_set(&detector, &val_data, cfg.train.batch)?;
-            let stats = coco_eval::evaluate(&val, &results)?;
-            if json {
-                println!("{}", stats.to_json());
-            } else {
-                print!("{}", stats.summary());
-            }
+            let results = pipeline::predict_set(&detector, &val_data, cfg.train.batch)?;
+            print_stats(&coco_eval::evaluate(&val, &results)?, json);
         }
         Command::Eval {
             gt: Some(gt),
@@ -247,11 +250,7 @@ fn run(cli: Cli) -> Result<()> {
             let gt = coco::load_annotations(&gt)?;
             let dets = coco::load_results(&dt)?;
             let stats = coco_eval::evaluate(&gt, &dets)?;
-            if json {
-                println!("{}", stats.to_json());
-            } else {
-                print!("{}", stats.summary());
-            }
+            print_stats(&stats, json);
             if stats.dropped_detections > 0 {
                 eprintln!(
                     "note: {} detections of categories not in the ground truth were ignored",

@@ -176,7 +176,7 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     if let Some(best) = &report.best_checkpoint {
         checkpoint::load(best, &device)?.restore_params(&detector.params)?;
     }
-    let (results, targets_ok) = predict_set(&detector, &val_data, cfg.train.batch)?;
+    let results = predict_set(&detector, &val_data, cfg.train.batch)?;
     coco::save_results(&results, &run.dir.join("val_results.json"))?;
     let stats = coco_eval::evaluate(&val_set, &results)?;
     let per_category = coco_eval::per_category_ap(&val_set, &results)?;
@@ -187,7 +187,6 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         &run.dir.join("predictions"),
         8,
     )?;
-    debug_assert!(targets_ok);
     Ok(TrainOutcome {
         report,
         stats,
@@ -203,7 +202,7 @@ pub fn predict_set(
     detector: &Detector,
     data: &DetectionData,
     batch: usize,
-) -> Result<(Vec<Detection>, bool)> {
+) -> Result<Vec<Detection>> {
     let mut outputs = Vec::new();
     let mut targets = Vec::new();
     let keys: Vec<usize> = (0..data.len()).collect();
@@ -218,7 +217,7 @@ pub fn predict_set(
         }
     }
     let refs: Vec<&Target> = targets.iter().collect();
-    Ok((detector.to_results(outputs, &refs), true))
+    Ok(detector.to_results(outputs, &refs))
 }
 
 /// Draws the detections at or above the draw threshold on the first `limit` images into `dir`.
@@ -355,7 +354,7 @@ pub fn predict_files(
     };
     set.fill_image_sizes()?;
     let data = detector.examples(set.clone(), &cfg.input)?;
-    let (results, _) = predict_set(detector, &data, cfg.train.batch)?;
+    let results = predict_set(detector, &data, cfg.train.batch)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     coco::save_results(&results, &out.join("predictions.json"))?;
     coco::save(&set, &out.join("images.json"))?;

@@ -68,10 +68,6 @@ pub struct FitReport {
     pub plots: Vec<PathBuf>,
 }
 
-fn batches_of(order: &[usize], batch: usize) -> Vec<&[usize]> {
-    order.chunks(batch).collect()
-}
-
 /// Backbone features for `keys`: from the cache where present, otherwise by running the
 /// backbone on the inputs (and caching them when the backbone is frozen).
 fn features_for<T: Task>(
@@ -113,7 +109,7 @@ fn features_for<T: Task>(
             c.count_encoded(missing.len());
         }
         for (&i, f) in missing.iter().zip(encoded) {
-            if let Some(c) = cache.filter(|c| c.kind() != CacheKind::Off) {
+            if let Some(c) = cache {
                 c.put(keys[i], &f)?;
             }
             out[i] = Some(f);
@@ -250,30 +246,17 @@ where
         run.show_progress,
     )?;
 
-    let frozen = task.backbone_frozen() && cfg.feature_cache != CacheKind::Off;
+    // Only a frozen backbone's features can be reused; an `Off` cache still counts the
+    // backbone passes for the report.
+    let kind = if task.backbone_frozen() {
+        cfg.feature_cache
+    } else {
+        CacheKind::Off
+    };
     let cache_dir = run.dir.join("feature_cache");
-    let train_cache = if frozen {
-        Some(FeatureCache::new(
-            cfg.feature_cache,
-            cache_dir.join("train"),
-            !run.resume,
-            &run.device,
-        )?)
-    } else {
-        None
-    };
-    let val_cache = if frozen {
-        Some(FeatureCache::new(
-            cfg.feature_cache,
-            cache_dir.join("val"),
-            !run.resume,
-            &run.device,
-        )?)
-    } else {
-        None
-    };
-    // Counted even without a cache, so that a report can compare.
-    let counter = FeatureCache::new(CacheKind::Off, PathBuf::new(), true, &run.device)?;
+    let train_cache = FeatureCache::new(kind, cache_dir.join("train"), !run.resume, &run.device)?;
+    let val_cache = FeatureCache::new(kind, cache_dir.join("val"), !run.resume, &run.device)?;
+    let frozen = kind != CacheKind::Off;
     let views = frozen.then(|| train.cached_views());
     let micro = cfg.micro();
     let mut stopped_early = false;
@@ -293,8 +276,8 @@ where
     while !state.finished && state.epoch < cfg.epochs {
         let epoch = state.epoch;
         let order = rng::epoch_order(cfg.seed, epoch, train.len());
-        let batches: Vec<Vec<Key>> = batches_of(&order, cfg.batch)
-            .into_iter()
+        let batches: Vec<Vec<Key>> = order
+            .chunks(cfg.batch)
             .skip(state.batch)
             .map(|b| {
                 b.iter()
@@ -303,8 +286,8 @@ where
             })
             .collect();
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, state.batch as u64);
-        let cache = train_cache.as_ref();
-        let need = |k: &Key| cache.is_none_or(|c| !c.contains(*k));
+        let cache = Some(&train_cache);
+        let need = |k: &Key| !train_cache.contains(*k);
         let first_batch = state.batch;
         let result = prefetched(train, batches, &need, |i, mut loaded| {
             let started = Instant::now();
@@ -312,7 +295,7 @@ where
             let step = state.step;
             let (loss_value, mut grads) = batch_gradients(
                 task,
-                cache.or(Some(&counter)),
+                cache,
                 &loaded.keys,
                 &mut loaded.inputs,
                 &targets,
@@ -366,7 +349,7 @@ where
         state.batch = 0;
         let last_epoch = state.epoch == cfg.epochs;
         if let Some(val) = val.filter(|_| state.epoch % cfg.eval_every == 0 || last_epoch) {
-            let metrics = evaluate(task, val, cfg.batch, val_cache.as_ref())?;
+            let metrics = evaluate(task, val, cfg.batch, Some(&val_cache))?;
             let main = *metrics
                 .get(task.main_metric())
                 .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
@@ -419,9 +402,7 @@ where
         best_metric: state.best_metric,
         best_step: state.best_step,
         last_metrics,
-        backbone_forwards: train_cache
-            .as_ref()
-            .map_or(counter.encoded(), |c| c.encoded()),
+        backbone_forwards: train_cache.encoded(),
         last_checkpoint: run.last_checkpoint(),
         best_checkpoint: best.is_file().then_some(best),
         plots,

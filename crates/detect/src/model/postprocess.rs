@@ -77,8 +77,8 @@ pub fn nms(mut dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
 pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result<Vec<Vec<BoxDet>>> {
     let dev: &Device = out.class_logits.device();
     let (b, l, _) = out.class_logits.dims3()?;
-    let prob = candle_nn_sigmoid(&out.class_logits)?;
-    let ctr = candle_nn_sigmoid(&out.centerness)?.unsqueeze(D::Minus1)?;
+    let prob = sigmoid(&out.class_logits)?;
+    let ctr = sigmoid(&out.centerness)?.unsqueeze(D::Minus1)?;
     let scores: Vec<Vec<Vec<f32>>> = prob.broadcast_mul(&ctr)?.sqrt()?.to_vec3()?;
     let dist: Vec<Vec<Vec<f32>>> =
         decode_distances(&out.box_log, &stride_column(geometry, dev)?)?.to_vec3()?;
@@ -115,7 +115,7 @@ pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result
 }
 
 /// The logistic function, from primitives (prediction only; no gradient needed).
-fn candle_nn_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     (x.neg()?.exp()? + 1.0)?.recip()
 }
 
