@@ -1,5 +1,7 @@
 //! Repository chores: `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 
+mod bench;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,8 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
+    /// Time the backbones and their hot ops against PyTorch (writes runs/bench/report.md).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -42,6 +46,7 @@ enum ModelsCommand {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Bench(args) => bench::run(args)?,
         Command::Models {
             command: ModelsCommand::List,
         } => {

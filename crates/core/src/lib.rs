@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod backbone;
 pub mod grad;
+pub mod memory;
 pub mod nn;
 pub mod params;
 pub mod tokenizer;

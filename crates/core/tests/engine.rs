@@ -448,6 +448,25 @@ fn layer_decay_and_weight_decay_go_to_the_right_parameters() {
     ] {
         assert_eq!(find(name).weight_decay, wd, "{name}");
     }
+    // A backbone multiplier scales everything below the top, and only that.
+    let scaled = AdamW::new(
+        &task.params,
+        AdamWConfig {
+            layer_decay: 0.5,
+            backbone_lr_scale: 0.1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .groups();
+    let scale_of = |n: &str| scaled.iter().find(|g| g.name == n).unwrap().lr_scale;
+    assert!((scale_of("encoder.layer.2.output.dense.weight") - 0.05).abs() < 1e-12);
+    assert!(
+        (scale_of("embeddings.patch_embeddings.projection.weight") - 0.1 * 0.5f64.powi(4)).abs()
+            < 1e-12
+    );
+    assert_eq!(scale_of("layernorm.weight"), 1.0);
+    assert_eq!(scale_of("head.weight"), 1.0);
     // Partial fine-tuning: only the last block, the final norm and the head are optimised.
     let partial = Classify::new(Freeze::Partial(1));
     let opt = AdamW::new(&partial.params, AdamWConfig::default()).unwrap();

@@ -1,6 +1,7 @@
 //! Layers built from [`ops`], loaded from Hugging Face-named weights into a [`ParamStore`].
 
 pub mod conv;
+mod fused;
 pub mod interpolate;
 pub mod ops;
 

@@ -1,16 +1,35 @@
 //! Differentiable building blocks.
 //!
 //! candle-nn's fused `ops::layer_norm` and `ops::softmax_last_dim` have no backward pass, so a
-//! model built on them silently trains only what sits after them. Every op here is composed of
-//! primitives that candle can differentiate. Models call these functions and nothing else for
-//! normalisation and attention weights, so a fused kernel with its own backward can later
-//! replace one function without touching any model.
+//! model built on them silently trains only what sits after them. Models call these functions
+//! and nothing else for normalisation, activation and attention weights. On the CPU in f32 they
+//! run the kernels of [`super::fused`], which carry their own backward; elsewhere they fall
+//! back to compositions of primitives that candle differentiates. Tests hold the two to each
+//! other, and the backbone parity tests hold both to PyTorch.
 
 use candle_core::{DType, Result, Tensor, D};
+
+use super::fused;
+
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`,
 /// with the biased variance, as PyTorch computes it.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fusable(x) {
+        return fused::layer_norm(x, weight, bias, eps);
+    }
+    layer_norm_composed(x, weight, bias, eps)
+}
+
+pub(crate) fn layer_norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -23,6 +42,13 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// The row maximum is subtracted for stability; it is detached because the result does not
 /// depend on it mathematically, which keeps the backward graph small.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) {
+        return fused::softmax_last_dim(x);
+    }
+    softmax_composed(x)
+}
+
+pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     let sum = exp.sum_keepdim(D::Minus1)?;
@@ -36,6 +62,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows = x.elem_count() / in_dim.max(1);
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
+        Some(b) if fusable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
@@ -46,6 +73,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 
 /// The exact (erf) GELU, which is what Hugging Face means by `"gelu"`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) {
+        return fused::gelu(x);
+    }
     x.gelu_erf()
 }
 

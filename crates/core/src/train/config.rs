@@ -87,6 +87,10 @@ impl TrainConfig {
             self.optimizer.layer_decay > 0.0 && self.optimizer.layer_decay <= 1.0,
             "layer_decay must be in (0, 1]"
         );
+        anyhow::ensure!(
+            self.optimizer.backbone_lr_scale > 0.0 && self.optimizer.backbone_lr_scale.is_finite(),
+            "backbone_lr_scale must be positive"
+        );
         Ok(())
     }
 }
@@ -117,6 +121,9 @@ pub struct TrainArgs {
     /// Layer-wise learning-rate decay factor, e.g. 0.75 (1 = none).
     #[arg(long)]
     pub layer_decay: Option<f64>,
+    /// The backbone's learning rate as a multiple of the head's, e.g. 0.1 for full fine-tuning.
+    #[arg(long)]
+    pub backbone_lr_scale: Option<f64>,
     #[arg(long)]
     pub weight_decay: Option<f64>,
     #[arg(long)]
@@ -183,6 +190,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.weight_decay {
             cfg.optimizer.weight_decay = v;
+        }
+        if let Some(v) = self.backbone_lr_scale {
+            cfg.optimizer.backbone_lr_scale = v;
         }
     }
 }

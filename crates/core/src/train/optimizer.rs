@@ -21,6 +21,10 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Each block's rate is the one above it times this factor (1.0: no decay).
     pub layer_decay: f64,
+    /// Every parameter below the top depth (the backbone, bar its final norm) learns at this
+    /// multiple of the head's rate, on top of `layer_decay`: a new head needs a rate that
+    /// would wreck pretrained weights.
+    pub backbone_lr_scale: f64,
 }
 
 impl Default for AdamWConfig {
@@ -31,6 +35,7 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.05,
             layer_decay: 1.0,
+            backbone_lr_scale: 1.0,
         }
     }
 }
@@ -39,6 +44,16 @@ impl Default for AdamWConfig {
 /// heads) is `top`: `decay^(top - depth)`, as in BEiT and ViTDet fine-tuning.
 pub fn layer_scale(depth: Depth, top: Depth, decay: f64) -> f64 {
     decay.powi(top.saturating_sub(depth) as i32)
+}
+
+/// A parameter's learning-rate multiplier under `config`.
+pub fn lr_scale(depth: Depth, top: Depth, config: &AdamWConfig) -> f64 {
+    let below_top = if depth < top {
+        config.backbone_lr_scale
+    } else {
+        1.0
+    };
+    layer_scale(depth, top, config.layer_decay) * below_top
 }
 
 /// Summed gradients of the trainable parameters, by name.
@@ -137,7 +152,7 @@ impl AdamW {
             let var = p.var().expect("trainable").clone();
             slots.push(Slot {
                 name: p.name.clone(),
-                lr_scale: layer_scale(p.depth, top, config.layer_decay),
+                lr_scale: lr_scale(p.depth, top, &config),
                 weight_decay: if p.decay { config.weight_decay } else { 0.0 },
                 m: var.as_tensor().zeros_like()?,
                 v: var.as_tensor().zeros_like()?,
