@@ -351,3 +351,27 @@ fn the_deepforest_split_keeps_every_box_once_on_the_side_of_its_centre() {
         before
     );
 }
+
+#[test]
+fn shipped_configs_parse_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = detect::pipeline::DetectConfig::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            cfg.train
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no configs in {}", dir.display());
+    let df = detect::pipeline::DetectConfig::load(&dir.join("deepforest.toml")).unwrap();
+    assert_eq!(df.model.feature_block, Some(8));
+    assert_eq!(
+        df.data.train.as_deref(),
+        Some(Path::new(detect::data::deepforest::NAME))
+    );
+}
