@@ -81,8 +81,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let torch = if args.no_torch {
         None
     } else {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/torch_backbone.py");
         let status = Command::new("python3")
-            .arg("scripts/bench/torch_backbone.py")
+            .arg(&script)
             .args(common_flags(&args, &torch_json))
             .args(["--threads", &threads.to_string()])
             .status();
@@ -131,4 +133,37 @@ fn table(candle: &[Record], torch: Option<&[Record]>, threads: usize) -> String 
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, median_s: f64) -> Record {
+        Record {
+            name: name.into(),
+            shape: "8x3".into(),
+            runs: 7,
+            median_s,
+        }
+    }
+
+    #[test]
+    fn the_table_pairs_cases_by_name_and_gives_the_ratio() {
+        let candle = [rec("forward", 3.0), rec("only here", 1.0)];
+        let torch = [rec("forward", 1.5), rec("not in candle", 9.0)];
+        let t = table(&candle, Some(&torch), 2);
+        assert!(t.contains("7 runs, 2 threads"), "{t}");
+        assert!(
+            t.contains("| forward | 8x3 | 3.0000 s | 1.5000 s | 2.00x |"),
+            "{t}"
+        );
+        assert!(t.contains("| only here | 8x3 | 1.0000 s | - | - |"), "{t}");
+        assert!(!t.contains("not in candle"), "{t}");
+        let alone = table(&candle, None, 2);
+        assert!(
+            alone.contains("| forward | 8x3 | 3.0000 s | - | - |"),
+            "{alone}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use downstream_core::train::checkpoint;
-use downstream_core::train::config::{load_toml, TrainConfig};
+use downstream_core::train::config::{load_toml_over, TrainConfig};
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use downstream_core::train::Dataset;
 use serde::{Deserialize, Serialize};
@@ -61,7 +61,7 @@ impl Default for DetectConfig {
 
 impl DetectConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        load_toml(path)
+        load_toml_over(path, &Self::default())
     }
 }
 

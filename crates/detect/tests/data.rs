@@ -370,6 +370,14 @@ fn shipped_configs_parse_and_validate() {
     assert!(seen >= 1, "no configs in {}", dir.display());
     let df = detect::pipeline::DetectConfig::load(&dir.join("deepforest.toml")).unwrap();
     assert_eq!(df.model.feature_block, Some(8));
+    assert_eq!((df.train.epochs, df.train.batch), (40, 8));
+    // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
+    let defaults = detect::pipeline::DetectConfig::default();
+    assert_eq!(df.train.lr, defaults.train.lr);
+    assert_ne!(
+        defaults.train.lr,
+        downstream_core::train::config::TrainConfig::default().lr
+    );
     assert_eq!(
         df.data.train.as_deref(),
         Some(Path::new(detect::data::deepforest::NAME))

@@ -204,6 +204,35 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Reads a TOML configuration whose missing fields, at any depth, keep their values in
+/// `defaults`: a task's own defaults (a detector's learning rate, say) survive a file that sets
+/// only some fields of a section, where plain deserialisation would fall back to the generic
+/// defaults of that section's type.
+pub fn load_toml_over<T: Serialize + DeserializeOwned>(path: &Path, defaults: &T) -> Result<T> {
+    // Parsed once as written, so that a mistake is reported with its line.
+    load_toml::<T>(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let given: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut merged = toml::Table::try_from(defaults).context("serialising the defaults")?;
+    overlay(&mut merged, given);
+    merged
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn overlay(base: &mut toml::Table, given: toml::Table) {
+    for (key, value) in given {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(v)) => overlay(inner, v),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
 /// Writes the resolved configuration as TOML, atomically.
 pub fn save_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = toml::to_string_pretty(value).context("serialising the configuration")?;
@@ -253,6 +282,37 @@ mod tests {
         let err = load_toml::<TrainConfig>(&path).unwrap_err().to_string();
         assert!(
             err.contains("bad.toml") && err.contains("learning_rate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_given_defaults_at_every_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial.toml");
+        std::fs::write(&path, "epochs = 3\n[optimizer]\nlayer_decay = 0.7\n").unwrap();
+        let task_defaults = TrainConfig {
+            lr: 0.02,
+            batch: 5,
+            optimizer: AdamWConfig {
+                weight_decay: 0.3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cfg = load_toml_over(&path, &task_defaults).unwrap();
+        assert_eq!((cfg.epochs, cfg.lr, cfg.batch), (3, 0.02, 5));
+        assert_eq!(
+            (cfg.optimizer.layer_decay, cfg.optimizer.weight_decay),
+            (0.7, 0.3)
+        );
+        // Mistakes are still reported with the file's name.
+        std::fs::write(&path, "epochs = 3\n[optimizer]\nlayer_decai = 0.7\n").unwrap();
+        let err = load_toml_over(&path, &task_defaults)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("partial.toml") && err.contains("layer_decai"),
             "{err}"
         );
     }
