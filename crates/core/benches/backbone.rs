@@ -216,9 +216,9 @@ fn main() -> Result<()> {
     downstream_core::memory::tune_for_training();
     let dev = Device::Cpu;
     println!(
-        "downstream-core bench: {} threads, candle {}",
-        candle_core::utils::get_num_threads(),
-        env!("CARGO_PKG_VERSION")
+        "downstream-core {} bench: {} threads",
+        env!("CARGO_PKG_VERSION"),
+        candle_core::utils::get_num_threads()
     );
     ops_cases(&mut b, &dev)?;
     vision_cases(&mut b, &dev, 8, 224)?;
