@@ -76,6 +76,41 @@ fn same_shape(a: &Layout, b: &Layout, op: &str) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Two inputs of one shape, as contiguous slices.
+fn pair<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    op: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    same_shape(l1, l2, op)?;
+    Ok((slice(s1, l1, op)?, slice(s2, l2, op)?))
+}
+
+/// A new buffer filled by `f` on matching pieces of `len` values of it and `x`, in parallel.
+fn map1(x: &[f32], len: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .for_each(|(o, x)| f(o, x));
+    out
+}
+
+/// As [`map1`], with two inputs of the same length.
+fn map2(
+    a: &[f32],
+    b: &[f32],
+    len: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(len)
+        .zip(a.par_chunks(len).zip(b.par_chunks(len)))
+        .for_each(|(o, (a, b))| f(o, a, b));
+    out
+}
+
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// The standard normal distribution function `Phi(x)` and density `phi(x)` at `x`.
@@ -111,14 +146,11 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = x * normal(x).0;
-                }
-            });
+        let out = map1(x, CHUNK, |o, x| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x * normal(x).0;
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -147,18 +179,13 @@ impl CustomOp2 for GeluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        same_shape(l1, l2, self.name())?;
-        let x = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    let (cdf, density) = normal(x);
-                    *o = g * (cdf + x * density);
-                }
-            });
+        let (x, g) = pair(s1, l1, s2, l2, self.name())?;
+        let out = map2(x, g, CHUNK, |o, x, g| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                let (cdf, density) = normal(x);
+                *o = g * (cdf + x * density);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -173,19 +200,16 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
         let n = row_len(l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(o, x)| {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = (x - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|o| *o *= inv);
-            });
+        let out = map1(x, n, |o, x| {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = (x - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|o| *o *= inv);
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -214,19 +238,14 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        same_shape(l1, l2, self.name())?;
-        let y = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
+        let (y, g) = pair(s1, l1, s2, l2, self.name())?;
         let n = row_len(l1, self.name())?;
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(n)
-            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
-            .for_each(|(o, (y, g))| {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = y * (g - dot);
-                }
-            });
+        let out = map2(y, g, n, |o, y, g| {
+            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = y * (g - dot);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -298,15 +317,12 @@ impl CustomOp3 for LayerNorm {
         let n = row_len(l1, self.name())?;
         let w = vector(s2, l2, n, self.name())?;
         let b = vector(s3, l3, n, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n))
-            .for_each(|(o, x)| {
-                let (mean, rstd) = moments(x, self.eps);
-                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (x - mean) * rstd * w + b;
-                }
-            });
+        let out = map1(x, n, |o, x| {
+            let (mean, rstd) = moments(x, self.eps);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -351,29 +367,24 @@ impl CustomOp3 for LayerNormGradInput {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        same_shape(l1, l3, self.name())?;
-        let x = slice(s1, l1, self.name())?;
+        let (x, g) = pair(s1, l1, s3, l3, self.name())?;
         let n = row_len(l1, self.name())?;
         let w = vector(s2, l2, n, self.name())?;
-        let g = slice(s3, l3, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n)
-            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-            .for_each(|(o, (x, g))| {
-                let (mean, rstd) = moments(x, self.eps);
-                let (mut sum_u, mut sum_uh) = (0f64, 0f64);
-                for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
-                    let u = g * w;
-                    sum_u += u as f64;
-                    sum_uh += (u * (x - mean) * rstd) as f64;
-                }
-                let mean_u = (sum_u / n as f64) as f32;
-                let mean_uh = (sum_uh / n as f64) as f32;
-                for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
-                    let h = (x - mean) * rstd;
-                    *o = rstd * (g * w - mean_u - h * mean_uh);
-                }
-            });
+        let out = map2(x, g, n, |o, x, g| {
+            let (mean, rstd) = moments(x, self.eps);
+            let (mut sum_u, mut sum_uh) = (0f64, 0f64);
+            for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+                let u = g * w;
+                sum_u += u as f64;
+                sum_uh += (u * (x - mean) * rstd) as f64;
+            }
+            let mean_u = (sum_u / n as f64) as f32;
+            let mean_uh = (sum_uh / n as f64) as f32;
+            for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
+                let h = (x - mean) * rstd;
+                *o = rstd * (g * w - mean_u - h * mean_uh);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -395,9 +406,7 @@ impl CustomOp2 for LayerNormGradAffine {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        same_shape(l1, l2, self.name())?;
-        let x = slice(s1, l1, self.name())?;
-        let g = slice(s2, l2, self.name())?;
+        let (x, g) = pair(s1, l1, s2, l2, self.name())?;
         let n = row_len(l1, self.name())?;
         let sums = column_sums(x.len() / n, n, 2, |r, acc| {
             let (x, g) = (&x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
@@ -429,9 +438,10 @@ impl CustomOp2 for AddBias {
         let x = slice(s1, l1, self.name())?;
         let n = row_len(l1, self.name())?;
         let b = vector(s2, l2, n, self.name())?;
-        let mut out = x.to_vec();
-        out.par_chunks_mut(n).for_each(|o| {
-            o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        let out = map1(x, n, |o, x| {
+            for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                *o = x + b;
+            }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
