@@ -209,12 +209,12 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// only some fields of a section, where plain deserialisation would fall back to the generic
 /// defaults of that section's type.
 pub fn load_toml_over<T: Serialize + DeserializeOwned>(path: &Path, defaults: &T) -> Result<T> {
-    // Parsed once as written, so that a mistake is reported with its line.
-    load_toml::<T>(path)?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let given: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let err = |e: toml::de::Error| anyhow::anyhow!("{}: {e}", path.display());
+    // Parsed once as written, so that a mistake is reported with its line.
+    toml::from_str::<T>(&text).map_err(err)?;
+    let given: toml::Table = toml::from_str(&text).map_err(err)?;
     let mut merged = toml::Table::try_from(defaults).context("serialising the defaults")?;
     overlay(&mut merged, given);
     merged
