@@ -147,13 +147,23 @@ fn vision_cases(b: &mut Bench, dev: &Device, batch: usize, size: usize) -> Resul
     }
     let shape = format!("{batch}x3x{size}x{size}");
     let pixels = Tensor::randn(0f32, 1.0, (batch, 3, size, size), dev)?;
-    let (frozen, _) = backbone::load_vision(backbone::DEFAULT_VISION, Freeze::Frozen, dev)?;
+    let (frozen, _) = backbone::load_vision(
+        backbone::DEFAULT_VISION,
+        Freeze::Frozen,
+        backbone::Readout::Final,
+        dev,
+    )?;
     b.time("dinov2-s14 forward", &shape, || {
         frozen.forward(&pixels, &[])?;
         Ok(())
     })?;
     drop(frozen);
-    let (full, _) = backbone::load_vision(backbone::DEFAULT_VISION, Freeze::Full, dev)?;
+    let (full, _) = backbone::load_vision(
+        backbone::DEFAULT_VISION,
+        Freeze::Full,
+        backbone::Readout::Final,
+        dev,
+    )?;
     b.time("dinov2-s14 train step", &shape, || {
         let out = full.forward(&pixels, &[])?;
         let loss = out.last_hidden_state.sqr()?.mean_all()?;

@@ -33,7 +33,12 @@ fn main() -> Result<()> {
         &v[..6]
     );
 
-    let (vit, params) = backbone::load_vision(backbone::DEFAULT_VISION, Freeze::Full, &dev)?;
+    let (vit, params) = backbone::load_vision(
+        backbone::DEFAULT_VISION,
+        Freeze::Full,
+        backbone::Readout::Final,
+        &dev,
+    )?;
     summary(backbone::DEFAULT_VISION, &params);
     // A smooth synthetic RGB gradient, normalised as the backbone expects.
     let (h, w) = (224usize, 224usize);

@@ -80,6 +80,20 @@ impl Freeze {
             Self::Partial(n) => depth > num_blocks.saturating_sub(n) && depth > 0,
         }
     }
+
+    /// Refuses a `partial:N` that could not train N blocks of a backbone that uses
+    /// `num_blocks`: with N above it, fewer blocks would train than asked, silently.
+    pub fn check(self, num_blocks: usize) -> Result<()> {
+        match self {
+            Self::Partial(0) => bail!("partial:0 trains no block: use `frozen`"),
+            Self::Partial(n) if n > num_blocks => bail!(
+                "partial:{n} asks for {n} trainable blocks, but the backbone uses {num_blocks} \
+                 (blocks above the one the head reads are not loaded): use partial:{num_blocks} \
+                 or `full`"
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One named parameter.
@@ -89,6 +103,10 @@ pub struct Param {
     pub depth: Depth,
     /// Whether weight decay applies (not to norms, biases, position and class tokens).
     pub decay: bool,
+    /// Whether the true gradient is identically zero (an attention key bias: softmax ignores a
+    /// shift shared by a whole row), so that gradient checks accept a present gradient that
+    /// holds only rounding noise.
+    pub zero_grad: bool,
     tensor: Tensor,
     var: Option<Var>,
 }
@@ -169,6 +187,7 @@ impl ParamStore {
             name: name.to_string(),
             depth,
             decay: decay_applies(name, tensor.rank()),
+            zero_grad: false,
             tensor: tensor.clone(),
             var,
         };
@@ -178,6 +197,17 @@ impl ParamStore {
 
     pub fn get(&self, name: &str) -> Option<&Param> {
         self.params.get(name)
+    }
+
+    /// Declares that `name`'s true gradient is identically zero (see [`Param::zero_grad`]).
+    pub fn mark_zero_grad(&mut self, name: &str) -> Result<()> {
+        match self.params.get_mut(name) {
+            Some(p) => {
+                p.zero_grad = true;
+                Ok(())
+            }
+            None => bail!("no parameter `{name}` to mark"),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Param> {

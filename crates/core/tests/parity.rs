@@ -339,8 +339,13 @@ fn scratch_backbones_keep_the_architecture_and_drop_the_weights() {
     let dir = fixtures().join("dinov2");
     let spec = format!("{}{}", downstream_core::backbone::SCRATCH, dir.display());
     let (pretrained, p) = Vit::load(&dir, Freeze::Frozen, &Device::Cpu).unwrap();
-    let (scratch, s) =
-        downstream_core::backbone::load_vision(&spec, Freeze::Full, &Device::Cpu).unwrap();
+    let (scratch, s) = downstream_core::backbone::load_vision(
+        &spec,
+        Freeze::Full,
+        downstream_core::backbone::Readout::Final,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(pretrained.num_blocks(), scratch.num_blocks());
     let names: Vec<_> = p.iter().map(|x| x.name.clone()).collect();
     assert_eq!(names, s.iter().map(|x| x.name.clone()).collect::<Vec<_>>());

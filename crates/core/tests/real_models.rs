@@ -111,8 +111,13 @@ fn minilm_batches_pad_to_their_longest_member_not_128() {
 fn dinov2_features_match_the_onnx_graph() {
     let dev = Device::Cpu;
     let r = load_reference(&fixtures().join("real/dinov2_s14_reference.safetensors"));
-    let (model, params) =
-        backbone::load_vision(backbone::DEFAULT_VISION, Freeze::Frozen, &dev).unwrap();
+    let (model, params) = backbone::load_vision(
+        backbone::DEFAULT_VISION,
+        Freeze::Frozen,
+        backbone::Readout::Final,
+        &dev,
+    )
+    .unwrap();
     assert_eq!(
         (model.hidden_size(), model.num_blocks(), model.patch_size()),
         (384, 12, 14)
@@ -173,8 +178,13 @@ fn minilm_full_fine_tuning_reaches_every_parameter() {
 #[test]
 fn dinov2_full_fine_tuning_reaches_every_parameter() {
     let dev = Device::Cpu;
-    let (model, params) =
-        backbone::load_vision(backbone::DEFAULT_VISION, Freeze::Full, &dev).unwrap();
+    let (model, params) = backbone::load_vision(
+        backbone::DEFAULT_VISION,
+        Freeze::Full,
+        backbone::Readout::Final,
+        &dev,
+    )
+    .unwrap();
     assert_eq!(params.trainable().count(), params.len());
     // 56x70 px: a 4x5 grid, so the position embeddings go through interpolation as well.
     let x = fixed_weights(&[1, 3, 56, 70], &dev);

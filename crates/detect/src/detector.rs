@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use downstream_core::backbone::{self, Vit};
+use downstream_core::backbone::{self, Readout, Vit};
 use downstream_core::train::{Features, Metrics, Task, TrainConfig};
 use downstream_core::{Freeze, ParamStore};
 use serde::{Deserialize, Serialize};
@@ -45,7 +45,6 @@ pub struct Detector {
     pub postprocess: PostProcess,
     /// Class index to category.
     pub categories: Vec<Category>,
-    pub feature_block: Option<usize>,
     /// Ground truth that [`Task::evaluate`] scores against.
     pub eval_gt: Option<DetectionSet>,
 }
@@ -62,14 +61,13 @@ impl Detector {
         device: &Device,
     ) -> Result<Self> {
         let (spec, mode, seed) = (train.backbone.as_str(), train.mode, train.seed);
-        let (backbone, mut params) = backbone::load_vision(spec, mode, device)?;
-        if let Some(b) = model.feature_block {
-            anyhow::ensure!(
-                b < backbone.num_blocks(),
-                "feature_block {b}: the backbone has {} blocks",
-                backbone.num_blocks()
-            );
-        }
+        // Blocks above the one the head reads are not loaded: nothing to compute or train.
+        let readout = match model.feature_block {
+            Some(b) => Readout::UpTo(b),
+            None => Readout::Final,
+        };
+        let (backbone, mut params) = backbone::load_vision(spec, mode, readout, device)
+            .with_context(|| format!("backbone `{spec}` in mode {mode}"))?;
         let head = DetectionHead::new(
             &mut params,
             backbone.hidden_size(),
@@ -87,7 +85,6 @@ impl Detector {
             geometry,
             postprocess,
             categories,
-            feature_block: model.feature_block,
             eval_gt: None,
         })
     }
@@ -183,12 +180,8 @@ impl Task for Detector {
 
     fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
         let x = Tensor::stack(inputs, 0)?;
-        let keep: Vec<usize> = self.feature_block.into_iter().collect();
-        let out = self.backbone.forward(&x, &keep)?;
-        let map = match self.feature_block {
-            Some(b) => out.block_map(b)?,
-            None => out.feature_map()?,
-        };
+        // The backbone ends at the block read, so its output is that block's.
+        let map = self.backbone.forward(&x, &[])?.feature_map()?;
         // Channels-last, as the head's matrix-product convolutions want it.
         let map = map.permute((0, 2, 3, 1))?;
         (0..inputs.len())

@@ -139,11 +139,16 @@ fn an_unseen_coco_data_set_trains_evaluates_and_predicts_without_code_change() {
 
 #[test]
 fn full_and_partial_fine_tuning_train_the_backbone() {
-    for mode in [Freeze::Full, Freeze::Partial(1)] {
+    for (mode, block) in [
+        (Freeze::Full, None),
+        (Freeze::Partial(1), None),
+        (Freeze::Partial(1), Some(1)),
+    ] {
         let data = tempfile::tempdir().unwrap();
         let ann = rectangles(data.path(), 4, 64, 64);
         let runs = tempfile::tempdir().unwrap();
         let mut cfg = config(ann, mode);
+        cfg.model.feature_block = block;
         cfg.train.epochs = 1;
         let outcome = pipeline::train(&cfg, &quiet(runs.path())).unwrap();
         assert!(outcome.report.finished);
@@ -152,20 +157,67 @@ fn full_and_partial_fine_tuning_train_the_backbone() {
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        let backbone_saved = ck
-            .tensors
-            .keys()
-            .any(|k| k.starts_with("param.encoder.layer.2."));
         let early_saved = ck
             .tensors
             .keys()
             .any(|k| k.starts_with("param.encoder.layer.0."));
-        assert!(backbone_saved, "{mode}: the last block trains");
+        // The block the head reads is the top: with block 1 read, partial:1 trains block 1
+        // and nothing above it exists.
+        let top = block.unwrap_or(2);
+        let saved = |b: usize| {
+            ck.tensors
+                .keys()
+                .any(|k| k.starts_with(&format!("param.encoder.layer.{b}.")))
+        };
+        assert!(saved(top), "{mode}: the top block trains");
         assert_eq!(
             early_saved,
             mode == Freeze::Full,
             "{mode}: block 0 trains only in full mode"
         );
+        if block.is_some() {
+            assert!(!saved(2), "{mode}: block 2 is above the block read");
+            assert!(!ck.tensors.keys().any(|k| k.contains("layernorm.")));
+        }
+    }
+}
+
+#[test]
+fn every_mode_reaches_every_parameter_it_trains() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 4, 64, 64);
+    let set = detect::data::load(&ann).unwrap();
+    for (mode, block) in [
+        (Freeze::Frozen, None),
+        (Freeze::Full, None),
+        (Freeze::Partial(2), None),
+        (Freeze::Full, Some(1)),
+        (Freeze::Partial(1), Some(1)),
+        (Freeze::Partial(2), Some(1)),
+    ] {
+        let mut cfg = config(ann.clone(), mode);
+        cfg.model.feature_block = block;
+        let detector = detect::detector::Detector::new(
+            &cfg.train,
+            &cfg.model,
+            cfg.input.size,
+            set.categories.clone(),
+            cfg.postprocess.clone(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let examples = detector.examples(set.clone(), &cfg.input).unwrap();
+        let c = downstream_core::grad::check_task(&detector, &examples, 4)
+            .unwrap_or_else(|e| panic!("{mode}, block {block:?}: {e:#}"));
+        assert_eq!(c.ok.len(), detector.params.trainable().count());
+        // Nothing above the block read is loaded.
+        if block == Some(1) {
+            assert!(detector
+                .params
+                .iter()
+                .all(|p| !p.name.starts_with("encoder.layer.2.")
+                    && !p.name.starts_with("layernorm.")));
+        }
     }
 }
 

@@ -84,6 +84,7 @@ impl Bert {
         }
         let d = config.hidden_size;
         let n = config.num_hidden_layers;
+        freeze.check(n)?;
         let eps = config.layer_norm_eps;
         store.top_depth = n + 1;
         let mut ld = Loader {
@@ -112,13 +113,17 @@ impl Bert {
         for i in 0..n {
             let p = format!("encoder.layer.{i}");
             let depth = i + 1;
-            let attention = SelfAttention {
-                query: ld.linear(&format!("{p}.attention.self.query"), d, d, depth)?,
-                key: ld.linear(&format!("{p}.attention.self.key"), d, d, depth)?,
-                value: ld.linear(&format!("{p}.attention.self.value"), d, d, depth)?,
-                output: ld.linear(&format!("{p}.attention.output.dense"), d, d, depth)?,
-                num_heads: config.num_attention_heads,
-            };
+            let attention = ld.attention(
+                [
+                    &format!("{p}.attention.self.query"),
+                    &format!("{p}.attention.self.key"),
+                    &format!("{p}.attention.self.value"),
+                    &format!("{p}.attention.output.dense"),
+                ],
+                d,
+                config.num_attention_heads,
+                depth,
+            )?;
             layers.push(Layer {
                 attention,
                 attention_norm: ld.layer_norm(

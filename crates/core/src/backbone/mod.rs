@@ -4,7 +4,7 @@ pub mod bert;
 pub mod vit;
 
 pub use bert::{Bert, TextBatch};
-pub use vit::{Vit, VitConfig, VitLayout, VitOutput};
+pub use vit::{Readout, Vit, VitConfig, VitLayout, VitOutput};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -45,13 +45,26 @@ pub fn load_text(
 /// Prefix of a backbone spec that asks for the architecture without its pretrained weights.
 pub const SCRATCH: &str = "scratch:";
 
-/// A vision backbone from a model name (fetched on first use) or an HF-layout folder;
-/// `scratch:SPEC` gives the same architecture randomly initialised (a from-scratch baseline).
-pub fn load_vision(spec: &str, freeze: Freeze, device: &Device) -> Result<(Vit, ParamStore)> {
-    match spec.strip_prefix(SCRATCH) {
-        Some(inner) => Vit::load_with(&downstream_hub::resolve(inner)?, freeze, Some(0), device),
-        None => Vit::load(&downstream_hub::resolve(spec)?, freeze, device),
-    }
+/// A vision backbone from a model name (fetched on first use) or an HF-layout folder, loaded up
+/// to what the head reads; `scratch:SPEC` gives the same architecture randomly initialised (a
+/// from-scratch baseline).
+pub fn load_vision(
+    spec: &str,
+    freeze: Freeze,
+    readout: Readout,
+    device: &Device,
+) -> Result<(Vit, ParamStore)> {
+    let (inner, seed) = match spec.strip_prefix(SCRATCH) {
+        Some(inner) => (inner, Some(0)),
+        None => (spec, None),
+    };
+    Vit::load_with(
+        &downstream_hub::resolve(inner)?,
+        freeze,
+        readout,
+        seed,
+        device,
+    )
 }
 
 /// ImageNet mean and standard deviation per RGB channel, which both ViT and DINOv2

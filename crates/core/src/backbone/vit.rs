@@ -20,6 +20,23 @@ pub enum VitLayout {
     Dinov2,
 }
 
+/// How much of the encoder a head reads, and so how much of it is loaded, computed and trained.
+///
+/// A head that reads the raw output of an intermediate block never reaches the blocks above
+/// it, nor the final norm: loading them would cost a forward pass for nothing, and in `full`
+/// or `partial:N` mode leave trainable parameters without a gradient (silently, before the
+/// engine refused that). With [`Readout::UpTo`] those layers are not loaded at all, and the
+/// block read becomes the top: `partial:N` counts down from it and layer-wise decay starts
+/// at it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Readout {
+    /// Every block and the final norm; the output is the final norm's.
+    #[default]
+    Final,
+    /// Blocks `0..=b` only; the output is block `b`'s raw output (no final norm).
+    UpTo(usize),
+}
+
 /// The fields of an HF `config.json` that the encoder needs (both `vit` and `dinov2`).
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct VitConfig {
@@ -124,7 +141,8 @@ impl Block {
 /// What one forward pass gives.
 #[derive(Clone, Debug)]
 pub struct VitOutput {
-    /// Final-norm output `[B, 1 + h*w, D]`: the CLS token, then patches in row-major order.
+    /// The encoder's output `[B, 1 + h*w, D]`, the CLS token, then patches in row-major order:
+    /// the final norm's output, or with [`Readout::UpTo`] the raw output of the block read.
     pub last_hidden_state: Tensor,
     /// The patch grid `(h, w)`.
     pub grid: (usize, usize),
@@ -172,19 +190,22 @@ pub struct Vit {
     cls_token: Tensor,
     position_embeddings: Tensor,
     blocks: Vec<Block>,
-    final_norm: LayerNorm,
+    /// Absent when the head reads an intermediate block ([`Readout::UpTo`]).
+    final_norm: Option<LayerNorm>,
 }
 
 impl Vit {
-    /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
+    /// Loads `config.json` and `model.safetensors` from an HF-layout directory, whole.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
-        Self::load_with(dir, freeze, None, device)
+        Self::load_with(dir, freeze, Readout::Final, None, device)
     }
 
-    /// [`Vit::load`], or with `scratch_seed` the same architecture randomly initialised.
+    /// [`Vit::load`] up to what a head reads, or with `scratch_seed` the same architecture
+    /// randomly initialised.
     pub fn load_with(
         dir: &Path,
         freeze: Freeze,
+        readout: Readout,
         scratch_seed: Option<u64>,
         device: &Device,
     ) -> Result<(Self, ParamStore)> {
@@ -196,7 +217,7 @@ impl Vit {
             file = file.randomized(seed)?;
         }
         let mut store = ParamStore::new();
-        let model = Self::from_weights(config, &mut file, &mut store, freeze)
+        let model = Self::from_weights(config, &mut file, &mut store, freeze, readout)
             .with_context(|| format!("loading vision backbone from {}", dir.display()))?;
         Ok((model, store))
     }
@@ -206,6 +227,7 @@ impl Vit {
         file: &mut WeightFile,
         store: &mut ParamStore,
         freeze: Freeze,
+        readout: Readout,
     ) -> Result<Self> {
         let layout = config.layout()?;
         if config.hidden_act != "gelu" {
@@ -221,7 +243,16 @@ impl Vit {
             bail!("attention without qkv bias is not supported");
         }
         let d = config.hidden_size;
-        let n = config.num_hidden_layers;
+        let n = match readout {
+            Readout::Final => config.num_hidden_layers,
+            Readout::UpTo(b) if b < config.num_hidden_layers => b + 1,
+            Readout::UpTo(b) => bail!(
+                "block {b} is read, but the backbone has {} blocks (0 to {})",
+                config.num_hidden_layers,
+                config.num_hidden_layers.saturating_sub(1)
+            ),
+        };
+        freeze.check(n)?;
         let p = config.patch_size;
         let c = config.num_channels;
         let eps = config.layer_norm_eps;
@@ -250,13 +281,17 @@ impl Vit {
         for i in 0..n {
             let pre = format!("encoder.layer.{i}");
             let depth = i + 1;
-            let attention = SelfAttention {
-                query: ld.linear(&format!("{pre}.attention.attention.query"), d, d, depth)?,
-                key: ld.linear(&format!("{pre}.attention.attention.key"), d, d, depth)?,
-                value: ld.linear(&format!("{pre}.attention.attention.value"), d, d, depth)?,
-                output: ld.linear(&format!("{pre}.attention.output.dense"), d, d, depth)?,
-                num_heads: config.num_attention_heads,
-            };
+            let attention = ld.attention(
+                [
+                    &format!("{pre}.attention.attention.query"),
+                    &format!("{pre}.attention.attention.key"),
+                    &format!("{pre}.attention.attention.value"),
+                    &format!("{pre}.attention.output.dense"),
+                ],
+                d,
+                config.num_attention_heads,
+                depth,
+            )?;
             let block = match layout {
                 VitLayout::Vit => Block {
                     norm1: ld.layer_norm(&format!("{pre}.layernorm_before"), d, eps, depth)?,
@@ -288,7 +323,10 @@ impl Vit {
             };
             blocks.push(block);
         }
-        let final_norm = ld.layer_norm("layernorm", d, eps, n + 1)?;
+        let final_norm = match readout {
+            Readout::Final => Some(ld.layer_norm("layernorm", d, eps, n + 1)?),
+            Readout::UpTo(_) => None,
+        };
         Ok(Self {
             config,
             layout,
@@ -309,6 +347,7 @@ impl Vit {
         self.config.patch_size
     }
 
+    /// The blocks loaded: all of them, or those up to the block a head reads.
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
     }
@@ -376,7 +415,10 @@ impl Vit {
                 blocks.push((i, x.clone()));
             }
         }
-        let last_hidden_state = self.final_norm.forward(&x)?;
+        let last_hidden_state = match &self.final_norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        };
         Ok(VitOutput {
             last_hidden_state,
             grid,

@@ -1,11 +1,13 @@
-//! Resizing a grid (learned position embeddings) as PyTorch's
-//! `interpolate(mode="bicubic", align_corners=False)` does, differentiably.
+//! Resizing grids as PyTorch's `interpolate` does, differentiably: bicubic (learned position
+//! embeddings, `align_corners=False`) and bilinear (feature maps and logits, either
+//! `align_corners`), both without antialiasing.
 //!
-//! Bicubic resizing is separable: each output row mixes input rows with fixed weights, and so do
-//! columns. With `Wh` (`[out_h, in_h]`) and `Ww` (`[out_w, in_w]`) built on the host, the resize
-//! is `Wh · X · Wwᵀ` per channel: two matrix products, which candle differentiates, so position
-//! embeddings keep training at any input size. Both HF ViT and HF DINOv2 (and the DINOv2 ONNX
-//! export's `Resize`, cubic, half-pixel, a = -0.75) resize this way, without antialiasing.
+//! Both are separable: each output row mixes input rows with fixed weights, and so do columns.
+//! With `Wh` (`[out_h, in_h]`) and `Ww` (`[out_w, in_w]`) built on the host, the resize is
+//! `Wh · X · Wwᵀ` per channel: two matrix products, which candle differentiates (its own
+//! `upsample_bilinear2d` has no backward), and a backward that is two more. Both HF ViT and HF
+//! DINOv2 (and the DINOv2 ONNX export's `Resize`, cubic, half-pixel, a = -0.75) resize position
+//! embeddings this way.
 
 use candle_core::{Result, Tensor};
 
@@ -53,6 +55,67 @@ pub fn resize_bicubic(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
         .t()?
         .unsqueeze(0)?;
     wh.broadcast_matmul(x)?.broadcast_matmul(&ww_t)
+}
+
+/// The `[out, in]` matrix that resizes one axis linearly, as PyTorch's bilinear mode does: with
+/// `align_corners` the end samples map onto each other; without, pixel centres do
+/// (half-pixel), and sources left of the first centre are clamped to it.
+pub fn bilinear_weights(in_size: usize, out_size: usize, align_corners: bool) -> Vec<f32> {
+    let mut w = vec![0f64; out_size * in_size];
+    for o in 0..out_size {
+        let src = if align_corners {
+            if out_size > 1 {
+                o as f64 * (in_size as f64 - 1.0) / (out_size as f64 - 1.0)
+            } else {
+                0.0
+            }
+        } else {
+            (in_size as f64 / out_size as f64 * (o as f64 + 0.5) - 0.5).max(0.0)
+        };
+        let i0 = (src.floor() as usize).min(in_size - 1);
+        let i1 = (i0 + 1).min(in_size - 1);
+        let t = src - i0 as f64;
+        w[o * in_size + i0] += 1.0 - t;
+        w[o * in_size + i1] += t;
+    }
+    w.into_iter().map(|v| v as f32).collect()
+}
+
+/// Resizes a batch `[B, C, in_h, in_w]` to `[B, C, out_h, out_w]` bilinearly.
+pub fn resize_bilinear(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (b, c, in_h, in_w) = x.dims4()?;
+    if in_h == 0 || in_w == 0 || out_h == 0 || out_w == 0 {
+        candle_core::bail!("cannot resize {in_h}x{in_w} to {out_h}x{out_w}");
+    }
+    if (in_h, in_w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let dtype = x.dtype();
+    let ww_t = Tensor::from_vec(
+        bilinear_weights(in_w, out_w, align_corners),
+        (out_w, in_w),
+        dev,
+    )?
+    .to_dtype(dtype)?
+    .t()?;
+    // Columns first, as one plain product over every row of every map.
+    let cols = x
+        .reshape((b * c * in_h, in_w))?
+        .matmul(&ww_t)?
+        .reshape((b * c, in_h, out_w))?;
+    let wh = Tensor::from_vec(
+        bilinear_weights(in_h, out_h, align_corners),
+        (1, out_h, in_h),
+        dev,
+    )?
+    .to_dtype(dtype)?;
+    wh.broadcast_matmul(&cols)?.reshape((b, c, out_h, out_w))
 }
 
 #[cfg(test)]

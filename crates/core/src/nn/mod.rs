@@ -3,6 +3,7 @@
 pub mod conv;
 mod fused;
 pub mod interpolate;
+pub mod loss;
 pub mod ops;
 
 use anyhow::Result;
@@ -60,6 +61,27 @@ impl Loader<'_> {
             weight,
             bias: Some(bias),
         })
+    }
+
+    /// Self-attention from four projections named `{query,key,value,output}` under the
+    /// prefixes given. The key bias is marked as having an identically zero gradient: it adds
+    /// the same `q . b` to every score of a row, which softmax ignores.
+    pub fn attention(
+        &mut self,
+        [query, key, value, output]: [&str; 4],
+        dim: usize,
+        num_heads: usize,
+        depth: Depth,
+    ) -> Result<SelfAttention> {
+        let attention = SelfAttention {
+            query: self.linear(query, dim, dim, depth)?,
+            key: self.linear(key, dim, dim, depth)?,
+            value: self.linear(value, dim, dim, depth)?,
+            output: self.linear(output, dim, dim, depth)?,
+            num_heads,
+        };
+        self.store.mark_zero_grad(&format!("{key}.bias"))?;
+        Ok(attention)
     }
 }
 

@@ -185,17 +185,32 @@ impl AdamW {
     }
 
     /// One update at base rate `lr`, in PyTorch's AdamW order: decay, moments, bias-corrected
-    /// step. Parameters without a gradient are left alone (their moments too).
+    /// step. Every trainable parameter must have a gradient: one without would silently stay
+    /// at its initial value while the run claims to train it.
     pub fn step(&mut self, grads: &Grads, lr: f64) -> Result<()> {
+        let missing: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| grads.get(&s.name).is_none())
+            .map(|s| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} of {} trainable parameters received no gradient: the loss does not reach \
+                 {}. Freeze them, or do not load them (a head that reads an intermediate block \
+                 loads nothing above it)",
+                missing.len(),
+                self.slots.len(),
+                crate::grad::name_list(&missing)
+            );
+        }
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         for s in &mut self.slots {
-            let Some(g) = grads.get(&s.name) else {
-                continue;
-            };
+            let g = grads.get(&s.name).expect("checked above");
             let lr = lr * s.lr_scale;
             let mut p = s.var.as_tensor().detach();
             if s.weight_decay != 0.0 {

@@ -315,7 +315,9 @@ where
                 None => grads.global_norm()?,
             };
             let lr = schedule.lr(state.step);
-            optimizer.step(&grads, lr)?;
+            optimizer
+                .step(&grads, lr)
+                .with_context(|| format!("step {}", state.step + 1))?;
             state.step += 1;
             state.batch = first_batch + i + 1;
             steps_this_run += 1;

@@ -114,6 +114,14 @@ pub fn fcos_loss(
         let t = Tensor::from_vec(ctr, p, device)?;
         let bce = (softplus(&logits)? - logits.mul(&t)?)?.sum_all()?;
         total = (total + bce)?;
+    } else {
+        // No positive location in the batch: the box and centre-ness losses are zero, and so
+        // are their true gradients. Adding their outputs times zero makes that gradient
+        // present (as FCOS implementations do), instead of leaving those parameters out of
+        // the step, which the engine refuses. (A product with the scalar 0.0 would not do:
+        // candle's backward prunes it.)
+        let unused = (out.box_log.sum_all()? + out.centerness.sum_all()?)?;
+        total = (total + unused.mul(&unused.zeros_like()?)?)?;
     }
     Ok(total.to_dtype(DType::F32)?)
 }
