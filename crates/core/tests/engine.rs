@@ -1,183 +1,29 @@
-//! The fine-tuning engine on a small classification task over the tiny ViT fixture:
-//! resume equivalence, frozen-feature caching, gradient accumulation, parameter groups,
-//! early stopping, non-finite losses and crash-safe checkpoints.
+//! The fine-tuning engine on a small classification task over the tiny ViT fixture
+//! (`common/classify.rs`): resume equivalence, frozen-feature caching, gradient accumulation,
+//! parameter groups, early stopping, non-finite losses, crash-safe checkpoints, gradient
+//! coverage, evaluation every few steps with a validation loss, and inference without a
+//! backward graph.
 
 mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
+use common::classify::*;
 use common::*;
 use downstream_core::backbone::{Readout, Vit};
 use downstream_core::grad;
 use downstream_core::train::checkpoint;
 use downstream_core::train::config::TrainConfig;
 use downstream_core::train::feature_cache::CacheKind;
+use downstream_core::train::metrics_log::{read_records, Record};
 use downstream_core::train::optimizer::{AdamW, AdamWConfig};
 use downstream_core::train::trainer::{batch_gradients, fit, RunOptions};
-use downstream_core::train::{Dataset, Features, Metrics, Task};
+use downstream_core::train::{evaluate, predict_all, Dataset, Features, Metrics, Task};
 use downstream_core::{Freeze, ParamStore};
-
-const CLASSES: usize = 3;
-
-/// CLS token -> linear head -> cross-entropy.
-struct Classify {
-    vit: Vit,
-    params: ParamStore,
-    w: Tensor,
-    b: Tensor,
-    frozen: bool,
-}
-
-impl Classify {
-    fn new(mode: Freeze) -> Self {
-        Self::reading(mode, Readout::Final)
-    }
-
-    /// A classifier whose head reads `readout` of the backbone.
-    fn reading(mode: Freeze, readout: Readout) -> Self {
-        let (vit, mut params) =
-            Vit::load_with(&fixtures().join("vit"), mode, readout, None, &Device::Cpu).unwrap();
-        let top = params.top_depth;
-        let init: Vec<f32> = (0..CLASSES * 32)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 40.0)
-            .collect();
-        let w = params
-            .insert(
-                "head.weight",
-                Tensor::from_vec(init, (CLASSES, 32), &Device::Cpu).unwrap(),
-                top,
-                true,
-            )
-            .unwrap();
-        let b = params
-            .insert(
-                "head.bias",
-                Tensor::zeros(CLASSES, DType::F32, &Device::Cpu).unwrap(),
-                top,
-                true,
-            )
-            .unwrap();
-        Self {
-            vit,
-            params,
-            w,
-            b,
-            frozen: mode == Freeze::Frozen,
-        }
-    }
-
-    fn logits(&self, features: &[&Features]) -> Result<Tensor> {
-        let cls: Vec<Tensor> = features.iter().map(|f| f[0].clone()).collect();
-        let x = Tensor::stack(&cls, 0)?;
-        Ok(x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
-    }
-}
-
-impl Task for Classify {
-    type Input = Tensor;
-    type Target = (u32, f32);
-    type Output = u32;
-
-    fn params(&self) -> &ParamStore {
-        &self.params
-    }
-    fn backbone_frozen(&self) -> bool {
-        self.frozen
-    }
-    fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
-        let x = Tensor::stack(inputs, 0)?;
-        let cls = self.vit.forward(&x, &[])?.cls()?;
-        Ok((0..inputs.len())
-            .map(|i| vec![cls.get(i).unwrap()])
-            .collect())
-    }
-    fn loss(&self, features: &[&Features], targets: &[&(u32, f32)]) -> Result<Tensor> {
-        let logits = self.logits(features)?;
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let logp = shifted.broadcast_sub(&lse)?;
-        let labels: Vec<u32> = targets.iter().map(|t| t.0).collect();
-        let idx = Tensor::new(labels.as_slice(), &Device::Cpu)?.unsqueeze(1)?;
-        // The second target field scales the loss; a NaN there poisons it on purpose.
-        let scale: Vec<f32> = targets.iter().map(|t| t.1).collect();
-        let scale = Tensor::new(scale.as_slice(), &Device::Cpu)?;
-        Ok((logp.gather(&idx, 1)?.squeeze(1)? * scale)?
-            .neg()?
-            .sum_all()?)
-    }
-    fn predict(&self, features: &[&Features]) -> Result<Vec<u32>> {
-        Ok(self.logits(features)?.argmax(D::Minus1)?.to_vec1()?)
-    }
-    fn evaluate(&self, outputs: Vec<u32>, targets: &[&(u32, f32)]) -> Result<Metrics> {
-        let right = outputs
-            .iter()
-            .zip(targets)
-            .filter(|(o, t)| **o == t.0)
-            .count();
-        Ok(Metrics::from([(
-            "accuracy".to_string(),
-            right as f64 / outputs.len() as f64,
-        )]))
-    }
-    fn main_metric(&self) -> &str {
-        "accuracy"
-    }
-}
-
-/// Deterministic 32x32 images whose mean colour depends on the class; view != 0 flips them.
-struct Images {
-    n: usize,
-    views: u64,
-    nan_at: Option<usize>,
-    decoded: Mutex<Vec<(usize, u64)>>,
-}
-
-impl Images {
-    fn new(n: usize) -> Self {
-        Self {
-            n,
-            views: 2,
-            nan_at: None,
-            decoded: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Dataset for Images {
-    type Input = Tensor;
-    type Target = (u32, f32);
-    fn len(&self) -> usize {
-        self.n
-    }
-    fn input(&self, index: usize, view: u64) -> Result<Tensor> {
-        self.decoded.lock().unwrap().push((index, view));
-        let class = (index % CLASSES) as f32;
-        let v: Vec<f32> = (0..3 * 32 * 32)
-            .map(|j| {
-                ((j * (index + 3) * 7919 % 1013) as f32 / 1013.0 - 0.5)
-                    + 0.3 * (class - 1.0) * ((j / 1024) as f32 - 1.0)
-            })
-            .collect();
-        let x = Tensor::from_vec(v, (3, 32, 32), &Device::Cpu)?;
-        Ok(if view % 2 == 1 { x.flip(&[2])? } else { x })
-    }
-    fn target(&self, index: usize, _view: u64) -> Result<(u32, f32)> {
-        let scale = if self.nan_at == Some(index) {
-            f32::NAN
-        } else {
-            1.0
-        };
-        Ok(((index % CLASSES) as u32, scale))
-    }
-    fn cached_views(&self) -> u64 {
-        self.views
-    }
-}
 
 fn config(mode: Freeze) -> TrainConfig {
     TrainConfig {
@@ -754,6 +600,7 @@ impl Task for WithUnused {
     type Input = Tensor;
     type Target = (u32, f32);
     type Output = u32;
+    type Metric = Accuracy;
     fn params(&self) -> &ParamStore {
         &self.inner.params
     }
@@ -769,11 +616,16 @@ impl Task for WithUnused {
     fn predict(&self, features: &[&Features]) -> Result<Vec<u32>> {
         self.inner.predict(features)
     }
-    fn evaluate(&self, outputs: Vec<u32>, targets: &[&(u32, f32)]) -> Result<Metrics> {
-        self.inner.evaluate(outputs, targets)
+    fn metric(&self) -> Result<Accuracy> {
+        Ok(Accuracy::default())
     }
     fn main_metric(&self) -> &str {
         "accuracy"
+    }
+    fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            inner: self.inner.detached()?,
+        })
     }
 }
 
@@ -825,4 +677,110 @@ fn a_key_bias_gradient_that_is_numerically_zero_counts_as_covered() {
         .all(|n| n.ends_with("attention.attention.key.bias")));
     let c = grad::check_task(&task, &Images::new(4), 4).unwrap();
     assert!(marked.iter().all(|n| c.ok.contains(n)));
+}
+
+#[test]
+fn evaluation_every_few_steps_on_a_fixed_subset_reports_a_validation_loss() {
+    let cfg = TrainConfig {
+        epochs: 2,
+        eval_every_steps: Some(2),
+        eval_subset: Some(4),
+        eval_batch: Some(3),
+        ..config(Freeze::Full)
+    };
+    let task = Classify::new(Freeze::Full);
+    let dir = tempfile::tempdir().unwrap();
+    let report = fit(
+        &task,
+        &Images::new(10),
+        Some(&Images::new(9)),
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
+    assert_eq!(report.steps, 6);
+    let evals: Vec<(u64, Metrics)> = read_records(&dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Eval(e) => Some((e.step, e.metrics)),
+            Record::Step(_) => None,
+        })
+        .collect();
+    // Steps 2, 4 and 6; the end of epoch 1 (step 3) too; step 6 ends the run and is not
+    // evaluated twice.
+    let steps: Vec<u64> = evals.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [2, 3, 4, 6]);
+    for (_, m) in &evals {
+        let loss = m["val_loss"];
+        assert!(loss.is_finite() && loss > 0.0, "{m:?}");
+        // Accuracy over 4 examples moves in quarters.
+        let quarters = m["accuracy"] * 4.0;
+        assert!((quarters - quarters.round()).abs() < 1e-9, "{m:?}");
+    }
+    // The validation loss is the summed loss over the summed weights of the subset: the
+    // mean cross-entropy, which the engine's own evaluation reproduces on the same examples.
+    let val = Images::new(9);
+    let subset = downstream_core::train::Subset::spread(&val, 4);
+    let again = evaluate(&task, &subset, 4, None, true).unwrap();
+    assert!((again["val_loss"] - evals.last().unwrap().1["val_loss"]).abs() < 1e-5);
+}
+
+#[test]
+fn evaluation_and_prediction_in_full_mode_record_no_backward_graph() {
+    let task = Classify::new(Freeze::Full);
+    let data = Images::new(7);
+    evaluate(&task, &data, 3, None, true).unwrap();
+    let mut seen = 0;
+    predict_all(&task, &data, 4, None, |batch| {
+        assert_eq!(batch.outputs.len(), batch.keys.len());
+        assert_eq!(batch.targets.len(), batch.keys.len());
+        seen += batch.outputs.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, 7);
+    assert!(
+        !task.graph_seen.load(Ordering::Relaxed),
+        "inference went through the trainable weights"
+    );
+    // The check itself can fail: the trainable model's own features carry a graph.
+    let x = data.input(0, 0).unwrap();
+    let feats = task.encode(&[x]).unwrap();
+    task.predict(&[&feats[0]]).unwrap();
+    assert!(task.graph_seen.load(Ordering::Relaxed));
+}
+
+#[test]
+fn prediction_reuses_cached_frozen_features() {
+    let task = Classify::new(Freeze::Frozen);
+    let data = Images::new(6);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = downstream_core::train::feature_cache::FeatureCache::new(
+        CacheKind::Memory,
+        dir.path().join("cache"),
+        true,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut first = Vec::new();
+    predict_all(&task, &data, 4, Some(&cache), |b| {
+        first.extend(b.outputs);
+        Ok(())
+    })
+    .unwrap();
+    let mut second = Vec::new();
+    predict_all(&task, &data, 4, Some(&cache), |b| {
+        second.extend(b.outputs);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(first, second);
+    assert_eq!(cache.encoded(), 6, "each example encoded once");
+    assert_eq!(
+        data.decoded.lock().unwrap().len(),
+        6,
+        "each input decoded once"
+    );
 }

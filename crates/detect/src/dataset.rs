@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -13,7 +14,7 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::data::DetectionSet;
+use crate::data::{Annotation, DetectionSet, ImageRecord};
 use crate::model::assign::{assign, Assigned, Geometry};
 
 /// How images become model inputs.
@@ -68,10 +69,19 @@ impl Sample {
     }
 }
 
+/// One image's ground truth as the data set holds it (original pixels, crowd regions
+/// included), shared by all of the image's examples, for the metric.
+#[derive(Clone, Debug)]
+pub struct ImageTruth {
+    pub record: ImageRecord,
+    pub annotations: Vec<Annotation>,
+}
+
 /// The training target of one example.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub sample: Sample,
+    pub truth: Arc<ImageTruth>,
     /// Boxes in input pixels `[x0, y0, x1, y1]` with their class index.
     pub boxes: Vec<(usize, [f32; 4])>,
     pub assigned: Vec<Option<Assigned>>,
@@ -100,6 +110,7 @@ pub struct DetectionData {
     /// Category id to class index.
     pub classes: BTreeMap<u64, usize>,
     boxes: Vec<Vec<(usize, [f64; 4])>>,
+    truths: Vec<Arc<ImageTruth>>,
     device: Device,
 }
 
@@ -153,12 +164,29 @@ impl DetectionData {
             .map(|(i, im)| (im.id, i))
             .collect();
         let mut boxes = vec![Vec::new(); set.images.len()];
-        for a in set.annotations.iter().filter(|a| !a.iscrowd) {
+        let mut annotations = vec![Vec::new(); set.images.len()];
+        for a in &set.annotations {
+            let i = index[&a.image_id];
+            annotations[i].push(a.clone());
+            if a.iscrowd {
+                continue;
+            }
             let class = *classes
                 .get(&a.category_id)
                 .with_context(|| format!("category id {} has no class", a.category_id))?;
-            boxes[index[&a.image_id]].push((class, a.bbox));
+            boxes[i].push((class, a.bbox));
         }
+        let truths = set
+            .images
+            .iter()
+            .zip(annotations)
+            .map(|(record, annotations)| {
+                Arc::new(ImageTruth {
+                    record: record.clone(),
+                    annotations,
+                })
+            })
+            .collect();
         let geometry = Geometry::new(input.size, patch);
         Ok(Self {
             set,
@@ -167,6 +195,7 @@ impl DetectionData {
             geometry,
             classes,
             boxes,
+            truths,
             device: device.clone(),
         })
     }
@@ -252,12 +281,14 @@ impl Dataset for DetectionData {
         let positives = assigned.iter().filter(|a| a.is_some()).count();
         Ok(Target {
             sample: sample.clone(),
+            truth: self.truths[sample.image].clone(),
             boxes,
             assigned,
             positives,
         })
     }
 
+    /// View 1 is the left-right flip.
     fn cached_views(&self) -> u64 {
         2
     }

@@ -5,18 +5,18 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use downstream_core::backbone::{self, Readout, Vit};
-use downstream_core::train::{Features, Metrics, Task, TrainConfig};
+use downstream_core::nn::Detach;
+use downstream_core::train::{Features, Task, TrainConfig};
 use downstream_core::{Freeze, ParamStore};
 use serde::{Deserialize, Serialize};
 
-use crate::data::coco::Detection;
 use crate::data::{Category, DetectionSet};
 use crate::dataset::Target;
-use crate::metric::coco_eval::{self, STAT_NAMES};
+use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::Geometry;
 use crate::model::head::DetectionHead;
 use crate::model::loss::fcos_loss;
-use crate::model::postprocess::{decode, nms, BoxDet, PostProcess};
+use crate::model::postprocess::{decode, BoxDet, PostProcess};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,8 +45,6 @@ pub struct Detector {
     pub postprocess: PostProcess,
     /// Class index to category.
     pub categories: Vec<Category>,
-    /// Ground truth that [`Task::evaluate`] scores against.
-    pub eval_gt: Option<DetectionSet>,
 }
 
 impl Detector {
@@ -85,7 +83,6 @@ impl Detector {
             geometry,
             postprocess,
             categories,
-            eval_gt: None,
         })
     }
 
@@ -121,47 +118,9 @@ impl Detector {
             .unwrap_or(Device::Cpu)
     }
 
-    /// Boxes for a batch of inputs `[B, 3, S, S]`, in input pixels.
-    pub fn detect(&self, inputs: &[Tensor]) -> Result<Vec<Vec<BoxDet>>> {
-        let feats = self.encode(inputs)?;
-        self.predict(&feats.iter().collect::<Vec<_>>())
-    }
-
     fn head_input(features: &[&Features]) -> Result<Tensor> {
         let maps: Vec<Tensor> = features.iter().map(|f| f[0].clone()).collect();
         Ok(Tensor::stack(&maps, 0)?)
-    }
-
-    /// Per-sample detections merged into per-image COCO results in original pixels.
-    pub fn to_results(&self, outputs: Vec<Vec<BoxDet>>, targets: &[&Target]) -> Vec<Detection> {
-        let mut per_image: BTreeMap<u64, Vec<BoxDet>> = BTreeMap::new();
-        for (dets, t) in outputs.into_iter().zip(targets) {
-            let entry = per_image.entry(t.sample.image_id).or_default();
-            for d in dets {
-                let [x, y, w, h] = t.sample.to_original(d.xyxy);
-                if w > 0.0 && h > 0.0 {
-                    entry.push(BoxDet {
-                        xyxy: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],
-                        ..d
-                    });
-                }
-            }
-        }
-        let pp = &self.postprocess;
-        let mut out = Vec::new();
-        for (image_id, dets) in per_image {
-            // Tiles overlap: the same object may have been found twice.
-            for d in nms(dets, pp.nms_iou, pp.max_detections) {
-                let [x0, y0, x1, y1] = d.xyxy.map(|v| v as f64);
-                out.push(Detection {
-                    image_id,
-                    category_id: self.categories[d.class].id,
-                    bbox: [x0, y0, x1 - x0, y1 - y0],
-                    score: d.score as f64,
-                });
-            }
-        }
-        out
     }
 }
 
@@ -169,6 +128,7 @@ impl Task for Detector {
     type Input = Tensor;
     type Target = Target;
     type Output = Vec<BoxDet>;
+    type Metric = CocoMetric;
 
     fn params(&self) -> &ParamStore {
         &self.params
@@ -205,21 +165,30 @@ impl Task for Detector {
         decode(&out, &self.geometry, &self.postprocess)
     }
 
-    fn evaluate(&self, outputs: Vec<Vec<BoxDet>>, targets: &[&Target]) -> Result<Metrics> {
-        let gt = self
-            .eval_gt
-            .as_ref()
-            .context("the detector has no ground truth to evaluate against")?;
-        let results = self.to_results(outputs, targets);
-        let stats = coco_eval::evaluate(gt, &results)?;
-        Ok(STAT_NAMES
-            .iter()
-            .zip(stats.values)
-            .map(|(n, v)| (n.to_string(), v))
-            .collect())
+    fn metric(&self) -> Result<CocoMetric> {
+        Ok(CocoMetric::new(
+            self.postprocess.clone(),
+            self.categories.clone(),
+        ))
     }
 
     fn main_metric(&self) -> &str {
         "AP"
+    }
+
+    fn plotted_metrics(&self) -> Vec<String> {
+        ["AP", "AP50", "AP75"].map(String::from).to_vec()
+    }
+
+    fn detached(&self) -> Result<Self> {
+        Ok(Self {
+            backbone: self.backbone.detached(),
+            head: self.head.detached(),
+            params: self.params.clone(),
+            frozen: self.frozen,
+            geometry: self.geometry.clone(),
+            postprocess: self.postprocess.clone(),
+            categories: self.categories.clone(),
+        })
     }
 }

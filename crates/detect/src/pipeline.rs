@@ -4,18 +4,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use downstream_core::train::checkpoint;
 use downstream_core::train::config::{load_toml_over, TrainConfig};
+use downstream_core::train::predict_all;
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
-use downstream_core::train::Dataset;
 use serde::{Deserialize, Serialize};
 
 use crate::data::coco::{self, Detection};
 use crate::data::{self, Category, DetectionSet, ImageRecord};
-use crate::dataset::{DetectionData, InputConfig, Target};
+use crate::dataset::{DetectionData, InputConfig};
 use crate::detector::{Detector, ModelConfig};
 use crate::draw::{annotate_file, Labelled};
+use crate::metric::accumulate::Collector;
 use crate::metric::coco_eval;
 use crate::model::postprocess::PostProcess;
 use crate::synth;
@@ -136,7 +137,7 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let clipped = train_set.clipped + val_set.clipped;
     let mut categories = train_set.categories.clone();
     categories.sort_by_key(|c| c.id);
-    let mut detector = Detector::new(
+    let detector = Detector::new(
         &cfg.train,
         &cfg.model,
         cfg.input.size,
@@ -144,7 +145,6 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         cfg.postprocess.clone(),
         &device,
     )?;
-    detector.eval_gt = Some(val_set.clone());
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
     downstream_core::atomic::write(
         &run.dir.join("categories.json"),
@@ -197,27 +197,19 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     })
 }
 
-/// COCO results of `detector` on every example of `data`.
+/// COCO results of `detector` on every example of `data`, through the engine's prediction
+/// path (prefetched, on detached weights).
 pub fn predict_set(
     detector: &Detector,
     data: &DetectionData,
     batch: usize,
 ) -> Result<Vec<Detection>> {
-    let mut outputs = Vec::new();
-    let mut targets = Vec::new();
-    let keys: Vec<usize> = (0..data.len()).collect();
-    for chunk in keys.chunks(batch.max(1)) {
-        let inputs: Vec<Tensor> = chunk
-            .iter()
-            .map(|&i| data.input(i, 0))
-            .collect::<Result<_>>()?;
-        outputs.extend(detector.detect(&inputs)?);
-        for &i in chunk {
-            targets.push(data.target(i, 0)?);
-        }
-    }
-    let refs: Vec<&Target> = targets.iter().collect();
-    Ok(detector.to_results(outputs, &refs))
+    let mut collector = Collector::new(detector.postprocess.clone(), &detector.categories);
+    predict_all(detector, data, batch, None, |b| {
+        collector.add(b.outputs, &b.targets.iter().collect::<Vec<_>>());
+        Ok(())
+    })?;
+    Ok(collector.finish())
 }
 
 /// Draws the detections at or above the draw threshold on the first `limit` images into `dir`.

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 
-use crate::nn::{ops, LayerNorm, Linear, Loader, SelfAttention};
+use crate::nn::{ops, Detach, LayerNorm, Linear, Loader, SelfAttention};
 use crate::params::{Freeze, ParamStore, WeightFile};
 
 struct Layer {
@@ -15,6 +15,18 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: LayerNorm,
+}
+
+impl Detach for Layer {
+    fn detached(&self) -> Self {
+        Self {
+            attention: self.attention.detached(),
+            attention_norm: self.attention_norm.detached(),
+            intermediate: self.intermediate.detached(),
+            output: self.output.detached(),
+            output_norm: self.output_norm.detached(),
+        }
+    }
 }
 
 impl Layer {
@@ -43,6 +55,19 @@ pub struct TextBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub token_type_ids: Tensor,
+}
+
+impl Detach for Bert {
+    fn detached(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            word_embeddings: self.word_embeddings.detached(),
+            position_embeddings: self.position_embeddings.detached(),
+            token_type_embeddings: self.token_type_embeddings.detached(),
+            embeddings_norm: self.embeddings_norm.detached(),
+            layers: self.layers.detached(),
+        }
+    }
 }
 
 impl Bert {

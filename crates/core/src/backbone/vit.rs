@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::nn::interpolate::resize_bicubic;
-use crate::nn::{ops, LayerNorm, Linear, Loader, SelfAttention};
+use crate::nn::{ops, Detach, LayerNorm, Linear, Loader, SelfAttention};
 use crate::params::{Freeze, ParamStore, WeightFile};
 
 /// Which of the two parameter layouts (and block designs) a checkpoint uses.
@@ -116,6 +116,37 @@ struct Block {
     scale2: Option<Tensor>,
 }
 
+impl Detach for Mlp {
+    fn detached(&self) -> Self {
+        match self {
+            Mlp::Vit {
+                intermediate,
+                output,
+            } => Mlp::Vit {
+                intermediate: intermediate.detached(),
+                output: output.detached(),
+            },
+            Mlp::Dinov2 { fc1, fc2 } => Mlp::Dinov2 {
+                fc1: fc1.detached(),
+                fc2: fc2.detached(),
+            },
+        }
+    }
+}
+
+impl Detach for Block {
+    fn detached(&self) -> Self {
+        Self {
+            norm1: self.norm1.detached(),
+            attention: self.attention.detached(),
+            scale1: self.scale1.detached(),
+            norm2: self.norm2.detached(),
+            mlp: self.mlp.detached(),
+            scale2: self.scale2.detached(),
+        }
+    }
+}
+
 impl Block {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut a = self.attention.forward(&self.norm1.forward(x)?, None)?;
@@ -192,6 +223,21 @@ pub struct Vit {
     blocks: Vec<Block>,
     /// Absent when the head reads an intermediate block ([`Readout::UpTo`]).
     final_norm: Option<LayerNorm>,
+}
+
+impl Detach for Vit {
+    fn detached(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            layout: self.layout,
+            patch_weight: self.patch_weight.detached(),
+            patch_bias: self.patch_bias.detached(),
+            cls_token: self.cls_token.detached(),
+            position_embeddings: self.position_embeddings.detached(),
+            blocks: self.blocks.detached(),
+            final_norm: self.final_norm.detached(),
+        }
+    }
 }
 
 impl Vit {

@@ -147,6 +147,15 @@ pub struct Conv3x3 {
     pub bias: Tensor,
 }
 
+impl super::Detach for Conv3x3 {
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+        }
+    }
+}
+
 impl Conv3x3 {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::linear(&unfold3x3(x)?, &self.weight, Some(&self.bias))

@@ -85,6 +85,71 @@ impl Loader<'_> {
     }
 }
 
+/// A copy of a layer on weights detached from the backward graph, for inference.
+///
+/// candle has no no-grad mode: a forward pass through trainable weights records the graph of
+/// every op and keeps each activation alive for a backward that never comes. The copy shares
+/// the weights' storage, so it sees every optimizer update, but nothing it computes is
+/// recorded.
+pub trait Detach {
+    fn detached(&self) -> Self;
+}
+
+impl Detach for Tensor {
+    fn detached(&self) -> Self {
+        self.detach()
+    }
+}
+
+impl<T: Detach> Detach for Option<T> {
+    fn detached(&self) -> Self {
+        self.as_ref().map(Detach::detached)
+    }
+}
+
+impl<T: Detach> Detach for Vec<T> {
+    fn detached(&self) -> Self {
+        self.iter().map(Detach::detached).collect()
+    }
+}
+
+impl<T: Detach, const N: usize> Detach for [T; N] {
+    fn detached(&self) -> Self {
+        std::array::from_fn(|i| self[i].detached())
+    }
+}
+
+impl Detach for LayerNorm {
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detached(),
+            bias: self.bias.detached(),
+            eps: self.eps,
+        }
+    }
+}
+
+impl Detach for Linear {
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detached(),
+            bias: self.bias.detached(),
+        }
+    }
+}
+
+impl Detach for SelfAttention {
+    fn detached(&self) -> Self {
+        Self {
+            query: self.query.detached(),
+            key: self.key.detached(),
+            value: self.value.detached(),
+            output: self.output.detached(),
+            num_heads: self.num_heads,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     pub weight: Tensor,

@@ -38,6 +38,15 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate every this many epochs (and after the last).
     pub eval_every: usize,
+    /// Also evaluate every this many optimizer steps.
+    pub eval_every_steps: Option<u64>,
+    /// Examples per evaluation batch (default: `batch`).
+    pub eval_batch: Option<usize>,
+    /// Evaluate during training on this many validation examples, spread evenly over the set
+    /// and the same every time (default: all of them).
+    pub eval_subset: Option<usize>,
+    /// Report the loss on the validation set with each evaluation (`val_loss`).
+    pub val_loss: bool,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<usize>,
     /// Also save the last checkpoint every this many steps (it is always saved per epoch).
@@ -61,6 +70,10 @@ impl Default for TrainConfig {
             clip_norm: Some(1.0),
             seed: 0,
             eval_every: 1,
+            eval_every_steps: None,
+            eval_batch: None,
+            eval_subset: None,
+            val_loss: true,
             patience: None,
             checkpoint_every: None,
             feature_cache: CacheKind::Memory,
@@ -83,6 +96,15 @@ impl TrainConfig {
             "lr must be a positive number"
         );
         anyhow::ensure!(self.eval_every > 0, "eval_every must be at least 1");
+        anyhow::ensure!(
+            self.eval_every_steps != Some(0),
+            "eval_every_steps must be at least 1"
+        );
+        anyhow::ensure!(self.eval_batch != Some(0), "eval_batch must be at least 1");
+        anyhow::ensure!(
+            self.eval_subset != Some(0),
+            "eval_subset must be at least 1"
+        );
         anyhow::ensure!(
             self.optimizer.layer_decay > 0.0 && self.optimizer.layer_decay <= 1.0,
             "layer_decay must be in (0, 1]"
@@ -136,6 +158,18 @@ pub struct TrainArgs {
     /// Early stopping: evaluations without improvement before stopping.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Evaluate every N epochs (and after the last).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Also evaluate every N optimizer steps.
+    #[arg(long)]
+    pub eval_every_steps: Option<u64>,
+    /// Examples per evaluation batch.
+    #[arg(long)]
+    pub eval_batch: Option<usize>,
+    /// Evaluate during training on N validation examples spread over the set.
+    #[arg(long)]
+    pub eval_subset: Option<usize>,
     /// Save the last checkpoint every N steps as well as every epoch.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -169,22 +203,29 @@ impl TrainArgs {
         macro_rules! set {
             ($($field:ident),*) => {$(if let Some(v) = &self.$field { cfg.$field = v.clone().into(); })*};
         }
-        set!(backbone, mode, epochs, batch, lr, seed, feature_cache);
-        if let Some(v) = self.micro_batch {
-            cfg.micro_batch = Some(v);
+        macro_rules! set_some {
+            ($($field:ident),*) => {$(if let Some(v) = self.$field { cfg.$field = Some(v); })*};
         }
-        if let Some(v) = self.warmup_steps {
-            cfg.warmup_steps = Some(v);
-        }
-        if let Some(v) = self.clip_norm {
-            cfg.clip_norm = Some(v);
-        }
-        if let Some(v) = self.patience {
-            cfg.patience = Some(v);
-        }
-        if let Some(v) = self.checkpoint_every {
-            cfg.checkpoint_every = Some(v);
-        }
+        set!(
+            backbone,
+            mode,
+            epochs,
+            batch,
+            lr,
+            seed,
+            feature_cache,
+            eval_every
+        );
+        set_some!(
+            micro_batch,
+            warmup_steps,
+            clip_norm,
+            patience,
+            checkpoint_every,
+            eval_every_steps,
+            eval_batch,
+            eval_subset
+        );
         if let Some(v) = self.layer_decay {
             cfg.optimizer.layer_decay = v;
         }

@@ -27,9 +27,50 @@ pub trait Dataset: Sync {
     fn target(&self, index: usize, view: u64) -> Result<Self::Target>;
 
     /// How many distinct augmented views may exist when features are cached, counting the
-    /// plain view 0. Data sets without augmentation return 1.
+    /// plain view 0: 1 (the default) for data sets without augmentation.
     fn cached_views(&self) -> u64 {
-        2
+        1
+    }
+}
+
+/// A fixed selection of another data set's examples, in the order given.
+pub struct Subset<'a, D> {
+    data: &'a D,
+    indices: Vec<usize>,
+}
+
+impl<'a, D: Dataset> Subset<'a, D> {
+    /// `n` examples spread evenly over `data` (all of them if it has no more): a validation
+    /// subset that stays the same for every evaluation and covers the whole set.
+    pub fn spread(data: &'a D, n: usize) -> Self {
+        let len = data.len();
+        let indices = if n >= len {
+            (0..len).collect()
+        } else {
+            (0..n).map(|i| i * len / n).collect()
+        };
+        Self { data, indices }
+    }
+}
+
+impl<D: Dataset> Dataset for Subset<'_, D> {
+    type Input = D::Input;
+    type Target = D::Target;
+
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn input(&self, index: usize, view: u64) -> Result<Self::Input> {
+        self.data.input(self.indices[index], view)
+    }
+
+    fn target(&self, index: usize, view: u64) -> Result<Self::Target> {
+        self.data.target(self.indices[index], view)
+    }
+
+    fn cached_views(&self) -> u64 {
+        self.data.cached_views()
     }
 }
 

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::task::Features;
+use super::task::{Features, Task};
 
 /// Where cached features live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -133,4 +133,54 @@ impl FeatureCache {
     pub fn encoded(&self) -> usize {
         self.encoded.load(Ordering::Relaxed)
     }
+}
+
+/// Backbone features for `keys`: from the cache where present, otherwise by running the
+/// backbone on the inputs (and caching them when the cache keeps anything).
+pub fn features_for<T: Task>(
+    task: &T,
+    cache: Option<&FeatureCache>,
+    keys: &[Key],
+    inputs: &mut [Option<T::Input>],
+) -> Result<Vec<Features>> {
+    let mut out: Vec<Option<Features>> = Vec::with_capacity(keys.len());
+    let mut missing = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let hit = match cache {
+            Some(c) => c.get(*key)?,
+            None => None,
+        };
+        if hit.is_none() {
+            missing.push(i);
+        }
+        out.push(hit);
+    }
+    if !missing.is_empty() {
+        let to_encode: Vec<T::Input> = missing
+            .iter()
+            .map(|&i| {
+                inputs[i]
+                    .take()
+                    .context("internal error: input not loaded for an uncached example")
+            })
+            .collect::<Result<_>>()?;
+        let encoded = task.encode(&to_encode)?;
+        if encoded.len() != missing.len() {
+            bail!(
+                "the task encoded {} inputs into {} feature sets",
+                missing.len(),
+                encoded.len()
+            );
+        }
+        if let Some(c) = cache {
+            c.count_encoded(missing.len());
+        }
+        for (&i, f) in missing.iter().zip(encoded) {
+            if let Some(c) = cache {
+                c.put(keys[i], &f)?;
+            }
+            out[i] = Some(f);
+        }
+    }
+    Ok(out.into_iter().map(|f| f.expect("filled")).collect())
 }

@@ -1,13 +1,16 @@
 //! The fine-tuning engine every task shares. A task hands it a model (backbone + head, as a
 //! [`Task`]), data sets and a configuration; the engine runs the loop, caches frozen
-//! features, schedules, clips, accumulates, checkpoints, resumes, evaluates, stops early,
-//! logs and plots. One concept per module.
+//! features, schedules, clips, accumulates, checkpoints, resumes, evaluates (streaming, on
+//! detached weights), predicts, stops early, logs and plots. One concept per module.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod feature_cache;
+pub mod inference;
+pub mod metrics_log;
 pub mod optimizer;
+pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod scheduler;
@@ -15,6 +18,7 @@ pub mod task;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use data::Dataset;
-pub use task::{Features, Metrics, Task};
+pub use data::{Dataset, Subset};
+pub use inference::{evaluate, predict_all, Predicted};
+pub use task::{Features, Metric, Metrics, Task};
 pub use trainer::{fit, FitReport};

@@ -1,4 +1,6 @@
-//! The training loop.
+//! The training loop: batches in a seeded order, gradients (accumulated over micro-batches),
+//! clipping, the scheduled AdamW step, checkpoints, and evaluation every few epochs or steps
+//! with the best checkpoint kept and early stopping on the task's main metric.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,13 +11,16 @@ use serde::Serialize;
 
 use super::checkpoint::{self, TrainState};
 use super::config::{save_toml, TrainConfig};
-use super::data::{prefetched, Dataset};
-use super::feature_cache::{CacheKind, FeatureCache, Key};
+use super::data::{prefetched, Dataset, Subset};
+use super::feature_cache::{features_for, CacheKind, FeatureCache, Key};
+use super::inference::evaluate;
+use super::metrics_log::{EvalRecord, StepRecord};
 use super::optimizer::{AdamW, Grads};
-use super::progress::{plot_run, EvalRecord, Progress, StepRecord};
+use super::plot::plot_run;
+use super::progress::Progress;
 use super::rng;
 use super::scheduler::WarmupCosine;
-use super::task::{Features, Metrics, Task};
+use super::task::{Metrics, Task};
 
 /// Where a run lives and how it starts.
 pub struct RunOptions {
@@ -68,56 +73,6 @@ pub struct FitReport {
     pub plots: Vec<PathBuf>,
 }
 
-/// Backbone features for `keys`: from the cache where present, otherwise by running the
-/// backbone on the inputs (and caching them when the backbone is frozen).
-fn features_for<T: Task>(
-    task: &T,
-    cache: Option<&FeatureCache>,
-    keys: &[Key],
-    inputs: &mut [Option<T::Input>],
-) -> Result<Vec<Features>> {
-    let mut out: Vec<Option<Features>> = Vec::with_capacity(keys.len());
-    let mut missing = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        let hit = match cache {
-            Some(c) => c.get(*key)?,
-            None => None,
-        };
-        if hit.is_none() {
-            missing.push(i);
-        }
-        out.push(hit);
-    }
-    if !missing.is_empty() {
-        let to_encode: Vec<T::Input> = missing
-            .iter()
-            .map(|&i| {
-                inputs[i]
-                    .take()
-                    .context("internal error: input not loaded for an uncached example")
-            })
-            .collect::<Result<_>>()?;
-        let encoded = task.encode(&to_encode)?;
-        if encoded.len() != missing.len() {
-            bail!(
-                "the task encoded {} inputs into {} feature sets",
-                missing.len(),
-                encoded.len()
-            );
-        }
-        if let Some(c) = cache {
-            c.count_encoded(missing.len());
-        }
-        for (&i, f) in missing.iter().zip(encoded) {
-            if let Some(c) = cache {
-                c.put(keys[i], &f)?;
-            }
-            out[i] = Some(f);
-        }
-    }
-    Ok(out.into_iter().map(|f| f.expect("filled")).collect())
-}
-
 /// The loss of one batch and the gradients of the trainable parameters, computed in passes
 /// of `micro` examples whose gradients are summed. Each pass's summed loss is divided by the
 /// whole batch's loss weight, so the result equals one pass over the whole batch.
@@ -152,29 +107,111 @@ pub fn batch_gradients<T: Task>(
     Ok((loss_value, grads))
 }
 
-/// Predictions and metrics of `task` on `data` (view 0, in order).
-pub fn evaluate<T, D>(
-    task: &T,
-    data: &D,
+/// The validation side of a run: which examples, in which batches, with their own cache.
+struct Validation<'a, V> {
+    data: Subset<'a, V>,
+    cache: FeatureCache,
     batch: usize,
-    cache: Option<&FeatureCache>,
-) -> Result<Metrics>
-where
-    T: Task,
-    D: Dataset<Input = T::Input, Target = T::Target>,
-{
-    let keys: Vec<Key> = (0..data.len()).map(|i| (i, 0)).collect();
-    let batches: Vec<Vec<Key>> = keys.chunks(batch.max(1)).map(|c| c.to_vec()).collect();
-    let need = |k: &Key| cache.is_none_or(|c| !c.contains(*k));
-    let mut outputs = Vec::with_capacity(data.len());
-    let mut targets = Vec::with_capacity(data.len());
-    prefetched(data, batches, &need, |_, mut b| {
-        let feats = features_for(task, cache, &b.keys, &mut b.inputs)?;
-        outputs.extend(task.predict(&feats.iter().collect::<Vec<_>>())?);
-        targets.extend(b.targets);
-        Ok(())
-    })?;
-    task.evaluate(outputs, &targets.iter().collect::<Vec<_>>())
+    with_loss: bool,
+}
+
+/// What one evaluation decided.
+enum Verdict {
+    Continue,
+    /// Patience ran out.
+    Stop,
+}
+
+/// Why the loop over an epoch's batches ended before the epoch did.
+#[derive(Debug)]
+enum Halt {
+    /// `RunOptions::stop_after` was reached.
+    Interrupted,
+    /// Early stopping after a mid-epoch evaluation.
+    Stopped,
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for Halt {}
+
+/// Everything a step or an evaluation updates, in one place for both.
+struct Run<'a, T: Task> {
+    task: &'a T,
+    cfg: &'a TrainConfig,
+    options: &'a RunOptions,
+    config_json: serde_json::Value,
+    optimizer: AdamW,
+    state: TrainState,
+    progress: Progress,
+    last_metrics: Option<Metrics>,
+    last_eval_step: Option<u64>,
+}
+
+impl<T: Task> Run<'_, T> {
+    fn save_last(&self) -> Result<()> {
+        checkpoint::save(
+            &self.options.last_checkpoint(),
+            self.task.params(),
+            &self.optimizer,
+            &self.state,
+            &self.config_json,
+        )
+    }
+
+    /// Evaluates, logs, keeps the best checkpoint and counts towards early stopping.
+    fn evaluate<V>(&mut self, val: &Validation<V>) -> Result<Verdict>
+    where
+        V: Dataset<Input = T::Input, Target = T::Target>,
+    {
+        let task = self.task;
+        let metrics = evaluate(task, &val.data, val.batch, Some(&val.cache), val.with_loss)?;
+        self.last_eval_step = Some(self.state.step);
+        let main = *metrics
+            .get(task.main_metric())
+            .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
+        self.progress.eval(EvalRecord {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            metrics: metrics.clone(),
+        })?;
+        self.last_metrics = Some(metrics);
+        let state = &mut self.state;
+        if state.best_metric.is_none_or(|b| main > b) {
+            state.best_metric = Some(main);
+            state.best_step = Some(state.step);
+            state.evals_since_best = 0;
+            checkpoint::save(
+                &self.options.best_checkpoint(),
+                task.params(),
+                &self.optimizer,
+                state,
+                &self.config_json,
+            )?;
+            return Ok(Verdict::Continue);
+        }
+        state.evals_since_best += 1;
+        if self
+            .cfg
+            .patience
+            .is_some_and(|p| state.evals_since_best >= p)
+        {
+            self.progress.println(&format!(
+                "early stop: no better {} in {} evaluations (best {:.4} at step {})",
+                task.main_metric(),
+                state.evals_since_best,
+                state.best_metric.unwrap_or(main),
+                state.best_step.unwrap_or(0)
+            ));
+            state.finished = true;
+            return Ok(Verdict::Stop);
+        }
+        Ok(Verdict::Continue)
+    }
 }
 
 /// Trains `task` on `train`, evaluating on `val`, as `cfg` says; `resolved` is the whole
@@ -185,7 +222,7 @@ pub fn fit<T, D, V, C>(
     val: Option<&V>,
     cfg: &TrainConfig,
     resolved: &C,
-    run: &RunOptions,
+    options: &RunOptions,
 ) -> Result<FitReport>
 where
     T: Task,
@@ -197,8 +234,8 @@ where
     if train.is_empty() {
         bail!("the training set is empty");
     }
-    std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
-    let config_json = serde_json::to_value(resolved)?;
+    let dir = &options.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
@@ -212,9 +249,9 @@ where
         min_lr_ratio: cfg.min_lr_ratio,
     };
 
-    let mut state = if run.resume {
-        let path = run.last_checkpoint();
-        let ck = checkpoint::load(&path, &run.device)
+    let state = if options.resume {
+        let path = options.last_checkpoint();
+        let ck = checkpoint::load(&path, &options.device)
             .with_context(|| format!("resuming from {}: no usable checkpoint", path.display()))?;
         if ck.state.seed != cfg.seed {
             bail!(
@@ -239,11 +276,11 @@ where
             finished: false,
         }
     };
-    save_toml(&run.dir.join("config.toml"), resolved)?;
-    let mut progress = Progress::new(
-        &run.dir,
-        run.resume.then_some(state.step),
-        run.show_progress,
+    save_toml(&dir.join("config.toml"), resolved)?;
+    let progress = Progress::new(
+        dir,
+        options.resume.then_some(state.step),
+        options.show_progress,
     )?;
 
     // Only a frozen backbone's features can be reused; an `Off` cache still counts the
@@ -253,49 +290,57 @@ where
     } else {
         CacheKind::Off
     };
-    let cache_dir = run.dir.join("feature_cache");
-    let train_cache = FeatureCache::new(kind, cache_dir.join("train"), !run.resume, &run.device)?;
-    let val_cache = FeatureCache::new(kind, cache_dir.join("val"), !run.resume, &run.device)?;
-    let frozen = kind != CacheKind::Off;
-    let views = frozen.then(|| train.cached_views());
-    let micro = cfg.micro();
-    let mut stopped_early = false;
-    let mut last_metrics = None;
-    let mut steps_this_run = 0u64;
-    let mut interrupted = false;
-    let save_last = |state: &TrainState, optimizer: &AdamW| {
-        checkpoint::save(
-            &run.last_checkpoint(),
-            params,
-            optimizer,
-            state,
-            &config_json,
-        )
+    let cache_dir = dir.join("feature_cache");
+    let fresh = !options.resume;
+    let train_cache = FeatureCache::new(kind, cache_dir.join("train"), fresh, &options.device)?;
+    let validation = match val {
+        Some(v) => Some(Validation {
+            data: Subset::spread(v, cfg.eval_subset.unwrap_or(usize::MAX)),
+            cache: FeatureCache::new(kind, cache_dir.join("val"), fresh, &options.device)?,
+            batch: cfg.eval_batch.unwrap_or(cfg.batch),
+            with_loss: cfg.val_loss,
+        }),
+        None => None,
     };
+    let views = (kind != CacheKind::Off).then(|| train.cached_views());
+    let micro = cfg.micro();
+    let mut run = Run {
+        task,
+        cfg,
+        options,
+        config_json: serde_json::to_value(resolved)?,
+        optimizer,
+        state,
+        progress,
+        last_metrics: None,
+        last_eval_step: None,
+    };
+    let mut steps_this_run = 0u64;
+    let mut stopped_early = false;
 
-    while !state.finished && state.epoch < cfg.epochs {
-        let epoch = state.epoch;
+    while !run.state.finished && run.state.epoch < cfg.epochs {
+        let epoch = run.state.epoch;
         let order = rng::epoch_order(cfg.seed, epoch, train.len());
         let batches: Vec<Vec<Key>> = order
             .chunks(cfg.batch)
-            .skip(state.batch)
+            .skip(run.state.batch)
             .map(|b| {
                 b.iter()
                     .map(|&i| (i, rng::view(cfg.seed, epoch, i, views)))
                     .collect()
             })
             .collect();
-        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, state.batch as u64);
-        let cache = Some(&train_cache);
+        run.progress
+            .start_epoch(epoch, cfg.epochs, steps_per_epoch, run.state.batch as u64);
         let need = |k: &Key| !train_cache.contains(*k);
-        let first_batch = state.batch;
+        let first_batch = run.state.batch;
         let result = prefetched(train, batches, &need, |i, mut loaded| {
             let started = Instant::now();
             let targets: Vec<&T::Target> = loaded.targets.iter().collect();
-            let step = state.step;
+            let step = run.state.step;
             let (loss_value, mut grads) = batch_gradients(
                 task,
-                cache,
+                Some(&train_cache),
                 &loaded.keys,
                 &mut loaded.inputs,
                 &targets,
@@ -307,118 +352,94 @@ where
                     "epoch {}, batch {}; the last good checkpoint is {}",
                     epoch + 1,
                     first_batch + i,
-                    run.last_checkpoint().display()
+                    options.last_checkpoint().display()
                 )
             })?;
             let grad_norm = match cfg.clip_norm {
                 Some(max) => grads.clip(max)?,
                 None => grads.global_norm()?,
             };
-            let lr = schedule.lr(state.step);
-            optimizer
+            let lr = schedule.lr(step);
+            run.optimizer
                 .step(&grads, lr)
-                .with_context(|| format!("step {}", state.step + 1))?;
-            state.step += 1;
-            state.batch = first_batch + i + 1;
+                .with_context(|| format!("step {}", step + 1))?;
+            run.state.step += 1;
+            run.state.batch = first_batch + i + 1;
             steps_this_run += 1;
             let secs = started.elapsed().as_secs_f64().max(1e-9);
-            progress.step(StepRecord {
-                step: state.step,
+            run.progress.step(StepRecord {
+                step: run.state.step,
                 epoch,
                 loss: loss_value,
                 lr,
                 samples_per_s: loaded.keys.len() as f64 / secs,
                 grad_norm,
             })?;
-            if cfg.checkpoint_every.is_some_and(|k| state.step % k == 0) {
-                save_last(&state, &optimizer)?;
+            if cfg
+                .checkpoint_every
+                .is_some_and(|k| run.state.step.is_multiple_of(k))
+            {
+                run.save_last()?;
             }
-            if run.stop_after.is_some_and(|n| steps_this_run >= n) {
-                interrupted = true;
-                save_last(&state, &optimizer)?;
-                bail!(Interrupted);
+            if let Some(val) = &validation {
+                if cfg
+                    .eval_every_steps
+                    .is_some_and(|k| run.state.step.is_multiple_of(k))
+                {
+                    if let Verdict::Stop = run.evaluate(val)? {
+                        run.save_last()?;
+                        bail!(Halt::Stopped);
+                    }
+                }
+            }
+            if options.stop_after.is_some_and(|n| steps_this_run >= n) {
+                run.save_last()?;
+                bail!(Halt::Interrupted);
             }
             Ok(())
         });
-        progress.finish_epoch();
+        run.progress.finish_epoch();
         if let Err(e) = result {
-            if interrupted {
-                break;
-            }
-            return Err(e);
-        }
-        state.epoch += 1;
-        state.batch = 0;
-        let last_epoch = state.epoch == cfg.epochs;
-        if let Some(val) = val.filter(|_| state.epoch % cfg.eval_every == 0 || last_epoch) {
-            let metrics = evaluate(task, val, cfg.batch, Some(&val_cache))?;
-            let main = *metrics
-                .get(task.main_metric())
-                .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
-            progress.eval(EvalRecord {
-                step: state.step,
-                epoch: state.epoch - 1,
-                metrics: metrics.clone(),
-            })?;
-            last_metrics = Some(metrics);
-            if state.best_metric.is_none_or(|b| main > b) {
-                state.best_metric = Some(main);
-                state.best_step = Some(state.step);
-                state.evals_since_best = 0;
-                checkpoint::save(
-                    &run.best_checkpoint(),
-                    params,
-                    &optimizer,
-                    &state,
-                    &config_json,
-                )?;
-            } else {
-                state.evals_since_best += 1;
-                if cfg.patience.is_some_and(|p| state.evals_since_best >= p) {
-                    progress.println(&format!(
-                        "early stop: no better {} in {} evaluations (best {main:.4} at step {})",
-                        task.main_metric(),
-                        state.evals_since_best,
-                        state.best_step.unwrap_or(0)
-                    ));
+            match e.downcast_ref::<Halt>() {
+                Some(Halt::Stopped) => {
                     stopped_early = true;
-                    state.finished = true;
+                    break;
                 }
+                Some(Halt::Interrupted) => break,
+                None => return Err(e),
+            }
+        }
+        run.state.epoch += 1;
+        run.state.batch = 0;
+        let last_epoch = run.state.epoch == cfg.epochs;
+        let due = run.state.epoch.is_multiple_of(cfg.eval_every) || last_epoch;
+        let already = run.last_eval_step == Some(run.state.step);
+        if let Some(val) = validation.as_ref().filter(|_| due && !already) {
+            if let Verdict::Stop = run.evaluate(val)? {
+                stopped_early = true;
             }
         }
         if last_epoch {
-            state.finished = true;
+            run.state.finished = true;
         }
-        save_last(&state, &optimizer)?;
+        run.save_last()?;
     }
-    let plots = if state.finished {
-        plot_run(&run.dir)?
+    let plots = if run.state.finished {
+        plot_run(dir, &task.plotted_metrics())?
     } else {
         Vec::new()
     };
-    let best = run.best_checkpoint();
+    let best = options.best_checkpoint();
     Ok(FitReport {
-        steps: state.step,
-        finished: state.finished,
+        steps: run.state.step,
+        finished: run.state.finished,
         stopped_early,
-        best_metric: state.best_metric,
-        best_step: state.best_step,
-        last_metrics,
+        best_metric: run.state.best_metric,
+        best_step: run.state.best_step,
+        last_metrics: run.last_metrics,
         backbone_forwards: train_cache.encoded(),
-        last_checkpoint: run.last_checkpoint(),
+        last_checkpoint: options.last_checkpoint(),
         best_checkpoint: best.is_file().then_some(best),
         plots,
     })
 }
-
-/// The marker error that ends an invocation at `RunOptions::stop_after`.
-#[derive(Debug)]
-struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}

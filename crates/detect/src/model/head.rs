@@ -9,7 +9,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use downstream_core::nn::conv::{pixel_shuffle2, pixel_unshuffle2, Conv3x3, Init};
-use downstream_core::nn::{ops, LayerNorm, Linear};
+use downstream_core::nn::{ops, Detach, LayerNorm, Linear};
 use downstream_core::ParamStore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +37,28 @@ pub struct DetectionHead {
     cls: Linear,
     reg: Linear,
     ctr: Linear,
+}
+
+impl Detach for Level {
+    fn detached(&self) -> Self {
+        Self {
+            proj: self.proj.detached(),
+            norm: self.norm.detached(),
+        }
+    }
+}
+
+impl Detach for DetectionHead {
+    fn detached(&self) -> Self {
+        Self {
+            levels: self.levels.detached(),
+            tower: self.tower.detached(),
+            tower_norm: self.tower_norm.detached(),
+            cls: self.cls.detached(),
+            reg: self.reg.detached(),
+            ctr: self.ctr.detached(),
+        }
+    }
 }
 
 impl DetectionHead {

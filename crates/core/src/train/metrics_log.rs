@@ -1,0 +1,336 @@
+//! `metrics.jsonl`: one JSON line per training step and per evaluation, appended and flushed
+//! as the run goes, so that it survives a kill; a resumed run first drops what the killed one
+//! logged after its last checkpoint, so each step appears once.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer};
+
+/// The log's file name in a run folder.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+// serde_json writes non-finite floats as `null`; a diverged run (NaN loss) must still be readable
+// afterwards, so `null` reads back as NaN (an infinity loses its sign, which plots skip anyway).
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nan_if_null_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
+    let map = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+        .collect())
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    pub step: u64,
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub samples_per_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub grad_norm: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null_map")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// One line of `metrics.jsonl`: `{"kind":"step",...}` or `{"kind":"eval",...}` (serde internally tagged, tag "kind", lowercase).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Step(StepRecord),
+    Eval(EvalRecord),
+}
+
+impl Record {
+    fn step(&self) -> u64 {
+        match self {
+            Record::Step(r) => r.step,
+            Record::Eval(r) => r.step,
+        }
+    }
+}
+
+/// The open log of one run.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `run_dir/metrics.jsonl`. `resume_step = None`: a fresh run, the file is truncated.
+    /// `Some(s)`: a resumed run; records with step > s (logged by the killed run after its last
+    /// checkpoint) are dropped by rewriting the file atomically, then appending continues.
+    pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+        let path = run_dir.join(METRICS_FILE);
+        let file = match resume_step {
+            None => File::create(&path),
+            Some(step) => {
+                drop_records_after(&path, step)?;
+                OpenOptions::new().create(true).append(true).open(&path)
+            }
+        }
+        .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one record and flushes it.
+    pub fn append(&mut self, rec: &Record) -> Result<()> {
+        let mut line = serde_json::to_string(rec).context("serialising a metrics record")?;
+        line.push('\n');
+        // One write per line: a kill can then tear at most the final line, which resume tolerates.
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("appending to {}", self.path.display()))
+    }
+}
+
+fn drop_records_after(path: &Path, last_kept: u64) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut kept = String::with_capacity(text.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(rec) if rec.step() <= last_kept => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            Ok(_) => {}
+            // A kill mid-write can only tear the final, unterminated line; anything else is
+            // corruption that silently dropping would hide.
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+            Err(e) => bail!("{} line {}: malformed record: {e}", path.display(), i + 1),
+        }
+    }
+    if kept == text {
+        return Ok(());
+    }
+    // Rewriting in place could lose the whole history if this process dies mid-write.
+    crate::atomic::write(path, kept.as_bytes())
+}
+
+/// Reads all records of a metrics.jsonl (errors name the file and line number on malformed lines).
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line =
+            line.with_context(|| format!("{} line {}: read failed", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: malformed record", path.display(), i + 1))?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(step: u64, epoch: usize, loss: f64) -> StepRecord {
+        StepRecord {
+            step,
+            epoch,
+            loss,
+            lr: 1e-4 * (1.0 + step as f64).recip(),
+            samples_per_s: 32.5,
+            grad_norm: 0.75 + step as f64 / 100.0,
+        }
+    }
+
+    fn eval(step: u64, epoch: usize, acc: f64, loss: f64) -> EvalRecord {
+        EvalRecord {
+            step,
+            epoch,
+            metrics: BTreeMap::from([("accuracy".to_string(), acc), ("loss".to_string(), loss)]),
+        }
+    }
+
+    fn as_json(records: &[Record]) -> serde_json::Value {
+        serde_json::to_value(records).unwrap()
+    }
+
+    fn steps_of(records: &[Record]) -> Vec<(char, u64)> {
+        records
+            .iter()
+            .map(|r| match r {
+                Record::Step(s) => ('s', s.step),
+                Record::Eval(e) => ('e', e.step),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_fresh_run_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        fs::write(&path, "stale line from an earlier run\n").unwrap();
+
+        let mut p = MetricsLog::open(dir.path(), None).unwrap();
+        let mut expected = Vec::new();
+        for s in 1..=3 {
+            let rec = step(s, 0, 2.0 / s as f64);
+            p.append(&Record::Step(rec.clone())).unwrap();
+            expected.push(Record::Step(rec));
+        }
+        let ev = eval(3, 0, 0.5, 1.25);
+        p.append(&Record::Eval(ev.clone())).unwrap();
+        expected.push(Record::Eval(ev));
+        let rec = step(4, 1, 0.125);
+        p.append(&Record::Step(rec.clone())).unwrap();
+        expected.push(Record::Step(rec));
+
+        // Lines are flushed per record, so a reader sees them while the run is still going.
+        let got = read_records(&path).unwrap();
+        assert_eq!(as_json(&got), as_json(&expected));
+
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with(r#"{"kind":"step","#), "{}", lines[0]);
+        assert!(lines[3].starts_with(r#"{"kind":"eval","#), "{}", lines[3]);
+    }
+
+    #[test]
+    fn non_finite_values_read_back_as_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = MetricsLog::open(dir.path(), None).unwrap();
+        p.append(&Record::Step(step(1, 0, f64::NAN))).unwrap();
+        p.append(&Record::Eval(EvalRecord {
+            step: 1,
+            epoch: 0,
+            metrics: BTreeMap::from([("ppl".to_string(), f64::INFINITY)]),
+        }))
+        .unwrap();
+        let got = read_records(&dir.path().join(METRICS_FILE)).unwrap();
+        match (&got[0], &got[1]) {
+            (Record::Step(s), Record::Eval(e)) => {
+                assert!(s.loss.is_nan());
+                assert!(e.metrics["ppl"].is_nan());
+            }
+            other => panic!("unexpected records {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_drops_records_after_checkpoint_and_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        {
+            let mut p = MetricsLog::open(dir.path(), None).unwrap();
+            for s in 1..=10 {
+                p.append(&Record::Step(step(s, 0, 1.0))).unwrap();
+                if s % 5 == 0 {
+                    p.append(&Record::Eval(eval(s, 0, 0.5, 1.0))).unwrap();
+                }
+            }
+        }
+        let mut p = MetricsLog::open(dir.path(), Some(6)).unwrap();
+        // The rewrite must happen at open time: a crash right after resuming keeps a clean log.
+        let after_open = read_records(&path).unwrap();
+        assert_eq!(
+            steps_of(&after_open),
+            [1, 2, 3, 4, 5]
+                .map(|s| ('s', s))
+                .into_iter()
+                .chain([('e', 5), ('s', 6)])
+                .collect::<Vec<_>>()
+        );
+        p.append(&Record::Step(step(7, 0, 0.9))).unwrap();
+        p.append(&Record::Step(step(8, 0, 0.8))).unwrap();
+        p.append(&Record::Eval(eval(8, 0, 0.6, 0.8))).unwrap();
+        drop(p);
+
+        let got = steps_of(&read_records(&path).unwrap());
+        let mut expected: Vec<(char, u64)> = (1..=5).map(|s| ('s', s)).collect();
+        expected.extend([('e', 5), ('s', 6), ('s', 7), ('s', 8), ('e', 8)]);
+        assert_eq!(got, expected);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != METRICS_FILE)
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn resume_tolerates_torn_final_line_but_not_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let good = serde_json::to_string(&Record::Step(step(1, 0, 1.0))).unwrap();
+        fs::write(&path, format!("{good}\n{{\"kind\":\"step\",\"st")).unwrap();
+        let mut p = MetricsLog::open(dir.path(), Some(5)).unwrap();
+        p.append(&Record::Step(step(2, 0, 0.5))).unwrap();
+        assert_eq!(
+            steps_of(&read_records(&path).unwrap()),
+            [('s', 1), ('s', 2)]
+        );
+
+        fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
+        let err = MetricsLog::open(dir.path(), Some(5))
+            .err()
+            .expect("corrupt log accepted");
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        // A failed resume must leave the evidence alone.
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{good}\nnot json\n{good}\n")
+        );
+    }
+
+    #[test]
+    fn resume_without_log_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = MetricsLog::open(&dir.path().join("new-run"), Some(3)).unwrap();
+        p.append(&Record::Step(step(4, 0, 1.0))).unwrap();
+        let got = read_records(&dir.path().join("new-run").join(METRICS_FILE)).unwrap();
+        assert_eq!(steps_of(&got), [('s', 4)]);
+    }
+
+    #[test]
+    fn malformed_line_error_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let good = serde_json::to_string(&Record::Step(step(1, 0, 1.0))).unwrap();
+        fs::write(
+            &path,
+            format!("{good}\n\n{{\"kind\":\"step\",\"step\":2}}\n"),
+        )
+        .unwrap();
+        let msg = format!("{:#}", read_records(&path).unwrap_err());
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains(METRICS_FILE), "{msg}");
+        // The underlying serde message says what is wrong with the line.
+        assert!(msg.contains("missing field"), "{msg}");
+    }
+}
