@@ -154,6 +154,6 @@ where
         .map(|&(i, v)| data.target(i, v))
         .collect::<Result<Vec<_>>>()?;
     let refs: Vec<&T::Target> = targets.iter().collect();
-    let (_, grads) = batch_gradients(task, None, &keys, &mut inputs, &refs, n, 0)?;
+    let (_, grads) = batch_gradients(task, None, &keys, &mut inputs, &refs, n, 0, 0)?;
     coverage_of(task.params(), &grads)?.ensure_complete()
 }

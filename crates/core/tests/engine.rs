@@ -61,9 +61,14 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let cfg = config(Freeze::Full);
     let data = Images::new(10);
     let val = Images::new(6);
+    // Dropout on, so that its masks must be reproduced after the resume too.
+    let model = || Classify {
+        dropout: 0.2,
+        ..Classify::new(Freeze::Full)
+    };
 
     let straight_dir = tempfile::tempdir().unwrap();
-    let straight = Classify::new(Freeze::Full);
+    let straight = model();
     let report = fit(
         &straight,
         &data,
@@ -78,7 +83,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
 
     // Stopped after 4 steps (inside epoch 2), then resumed by a fresh process-like model.
     let split_dir = tempfile::tempdir().unwrap();
-    let first = Classify::new(Freeze::Full);
+    let first = model();
     let opts = RunOptions {
         stop_after: Some(4),
         ..options(split_dir.path())
@@ -86,7 +91,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let partial = fit(&first, &data, Some(&val), &cfg, &cfg, &opts).unwrap();
     assert!(!partial.finished);
     assert_eq!(partial.steps, 4);
-    let resumed = Classify::new(Freeze::Full);
+    let resumed = model();
     let opts = RunOptions {
         resume: true,
         ..options(split_dir.path())
@@ -206,7 +211,11 @@ fn without_a_cache_the_backbone_runs_every_epoch() {
 
 #[test]
 fn four_micro_batches_give_the_gradient_of_one_large_batch() {
-    let task = Classify::new(Freeze::Full);
+    // With dropout on: masks are drawn per example, so the split changes nothing.
+    let task = Classify {
+        dropout: 0.3,
+        ..Classify::new(Freeze::Full)
+    };
     let data = Images::new(8);
     let keys: Vec<(usize, u64)> = (0..8).map(|i| (i, (i % 2) as u64)).collect();
     let load = || -> (Vec<Option<Tensor>>, Vec<(u32, f32)>) {
@@ -227,7 +236,8 @@ fn four_micro_batches_give_the_gradient_of_one_large_batch() {
         &mut inputs,
         &targets.iter().collect::<Vec<_>>(),
         8,
-        0,
+        11,
+        3,
     )
     .unwrap();
     let (mut inputs, targets) = load();
@@ -238,7 +248,8 @@ fn four_micro_batches_give_the_gradient_of_one_large_batch() {
         &mut inputs,
         &targets.iter().collect::<Vec<_>>(),
         2,
-        0,
+        11,
+        3,
     )
     .unwrap();
     assert!(
@@ -700,18 +711,24 @@ fn evaluation_every_few_steps_on_a_fixed_subset_reports_a_validation_loss() {
     )
     .unwrap();
     assert_eq!(report.steps, 6);
-    let evals: Vec<(u64, Metrics)> = read_records(&dir.path().join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
+    let records = read_records(&dir.path().join("metrics.jsonl")).unwrap();
+    let evals: Vec<(u64, Metrics)> = records
+        .iter()
         .filter_map(|r| match r {
-            Record::Eval(e) => Some((e.step, e.metrics)),
+            Record::Eval(e) => Some((e.step, e.metrics.clone())),
             Record::Step(_) => None,
         })
         .collect();
     // Steps 2, 4 and 6; the end of epoch 1 (step 3) too; step 6 ends the run and is not
-    // evaluated twice.
-    let steps: Vec<u64> = evals.iter().map(|(s, _)| *s).collect();
-    assert_eq!(steps, [2, 3, 4, 6]);
+    // evaluated twice. Each is logged with the epoch of its last step.
+    let steps: Vec<(u64, usize)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Eval(e) => Some((e.step, e.epoch)),
+            Record::Step(_) => None,
+        })
+        .collect();
+    assert_eq!(steps, [(2, 0), (3, 0), (4, 1), (6, 1)]);
     for (_, m) in &evals {
         let loss = m["val_loss"];
         assert!(loss.is_finite() && loss > 0.0, "{m:?}");
@@ -783,4 +800,55 @@ fn prediction_reuses_cached_frozen_features() {
         6,
         "each input decoded once"
     );
+}
+
+#[test]
+fn dropout_changes_training_but_not_evaluation() {
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..config(Freeze::Full)
+    };
+    let train = |dropout: f64, seed: u64| {
+        let task = Classify {
+            dropout,
+            ..Classify::new(Freeze::Full)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            seed,
+            ..cfg.clone()
+        };
+        fit(
+            &task,
+            &Images::new(8),
+            None::<&Images>,
+            &cfg,
+            &cfg,
+            &options(dir.path()),
+        )
+        .unwrap();
+        task
+    };
+    let plain = snapshot(&train(0.0, 1).params);
+    let dropped = snapshot(&train(0.5, 1).params);
+    assert_ne!(plain, dropped, "dropout left training unchanged");
+    assert_eq!(
+        dropped,
+        snapshot(&train(0.5, 1).params),
+        "same seed, same masks"
+    );
+    assert_ne!(
+        dropped,
+        snapshot(&train(0.5, 2).params),
+        "another seed, other masks"
+    );
+    // Evaluation runs outside any training pass: the same predictions with or without.
+    let task = Classify::new(Freeze::Full);
+    let with = Classify {
+        dropout: 0.5,
+        ..Classify::new(Freeze::Full)
+    };
+    let a = evaluate(&task, &Images::new(6), 3, None, true).unwrap();
+    let b = evaluate(&with, &Images::new(6), 3, None, true).unwrap();
+    assert_eq!(a, b);
 }

@@ -202,6 +202,11 @@ impl CustomOp1 for Softmax {
         let n = row_len(l, self.name())?;
         let out = map1(x, n, |o, x| {
             let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                // Nothing to attend to: a zero row, not the NaN that -inf - -inf gives.
+                o.fill(0.0);
+                return;
+            }
             let mut sum = 0f32;
             for (o, &x) in o.iter_mut().zip(x) {
                 *o = (x - max).exp();
@@ -656,6 +661,35 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(gb > 1.0);
+    }
+
+    #[test]
+    fn masks_combine_without_overflow_and_a_row_of_minus_infinity_is_zero() {
+        let dev = Device::Cpu;
+        let v = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        // Example 0 attends to its first two tokens, example 1 to none.
+        let pad = ops::attention_bias(&Tensor::new(&[[1f32, 1., 0.], [0., 0., 0.]], &dev).unwrap())
+            .unwrap();
+        let causal = ops::causal_bias(3, &dev).unwrap();
+        let summed = pad.broadcast_add(&causal).unwrap();
+        assert!(
+            v(&summed).iter().any(|x| x.is_infinite()),
+            "a sum overflows"
+        );
+        let both = ops::combine_biases(&pad, &causal).unwrap();
+        assert_eq!(both.dims(), [2, 1, 3, 3]);
+        let probs = super::softmax_last_dim(&both).unwrap();
+        let p = v(&probs);
+        assert!(p.iter().all(|x| x.is_finite()), "{p:?}");
+        // Example 0: row 0 sees token 0, row 2 tokens 0 and 1.
+        assert_eq!(&p[..3], &[1.0, 0.0, 0.0]);
+        assert_eq!(&p[6..9], &[0.5, 0.5, 0.0]);
+        // A row of -inf (biases added elsewhere) gives zeros and a zero gradient, not NaN.
+        let x = Tensor::new(&[[f32::NEG_INFINITY; 4], [0.0, 1.0, 2.0, 3.0]], &dev).unwrap();
+        let g = Tensor::ones((2, 4), candle_core::DType::F32, &dev).unwrap();
+        let (y, gx) = value_and_grad(&x, &g, super::softmax_last_dim);
+        assert_eq!(&v(&y)[..4], &[0.0; 4]);
+        assert!(v(&gx).iter().all(|x| x.is_finite()));
     }
 
     #[test]

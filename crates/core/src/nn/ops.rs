@@ -87,3 +87,39 @@ pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
     let bias = ((mask.ones_like()? - mask)? * f32::MIN as f64)?;
     bias.reshape((b, 1, 1, t))
 }
+
+/// The causal bias `[1, 1, T, T]` of a decoder: position `i` attends to positions `0..=i`.
+pub fn causal_bias(t: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..t * t)
+        .map(|k| if k % t > k / t { f32::MIN } else { 0.0 })
+        .collect();
+    Tensor::from_vec(values, (1, 1, t, t), device)
+}
+
+/// Two attention biases as one, broadcast: their minimum, not their sum. Two `f32::MIN`
+/// entries add up to `-inf`, and a row of `-inf` turns softmax into NaN; the minimum keeps a
+/// masked entry at `f32::MIN`, and a fully masked row stays finite.
+pub fn combine_biases(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.broadcast_minimum(b)
+}
+
+/// Inverted dropout with rate `p` during a training pass of the engine
+/// ([`crate::train::rng::training_pass`]), the identity otherwise. Masks are drawn per example
+/// from the run's seed, the step and the call's position in the pass, so a resumed run and a
+/// batch split into micro-batches drop exactly the same values. `x` must hold its batch on
+/// the leading dimension (any shape whose values split evenly over the examples).
+pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout rate must be in [0, 1), not {p}");
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    match crate::train::rng::dropout_mask(p, x.elem_count()).map_err(candle_core::Error::Msg)? {
+        None => Ok(x.clone()),
+        Some(mask) => {
+            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            x.contiguous()?.mul(&mask)
+        }
+    }
+}

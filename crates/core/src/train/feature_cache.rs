@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::rng::{self, Phase};
 use super::task::{Features, Task};
 
 /// Where cached features live.
@@ -136,12 +137,15 @@ impl FeatureCache {
 }
 
 /// Backbone features for `keys`: from the cache where present, otherwise by running the
-/// backbone on the inputs (and caching them when the cache keeps anything).
+/// backbone on the inputs (and caching them when the cache keeps anything). `training` names
+/// the run's seed and step when this is a training step of a backbone that trains, so that
+/// its dropout drops; a frozen backbone, like inference, runs without.
 pub fn features_for<T: Task>(
     task: &T,
     cache: Option<&FeatureCache>,
     keys: &[Key],
     inputs: &mut [Option<T::Input>],
+    training: Option<(u64, u64)>,
 ) -> Result<Vec<Features>> {
     let mut out: Vec<Option<Features>> = Vec::with_capacity(keys.len());
     let mut missing = Vec::new();
@@ -164,7 +168,15 @@ pub fn features_for<T: Task>(
                     .context("internal error: input not loaded for an uncached example")
             })
             .collect::<Result<_>>()?;
-        let encoded = task.encode(&to_encode)?;
+        let encoded = match training.filter(|_| !task.backbone_frozen()) {
+            Some((seed, step)) => {
+                let encoded_keys: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
+                rng::training_pass(seed, step, Phase::Backbone, &encoded_keys, || {
+                    task.encode(&to_encode)
+                })?
+            }
+            None => task.encode(&to_encode)?,
+        };
         if encoded.len() != missing.len() {
             bail!(
                 "the task encoded {} inputs into {} feature sets",

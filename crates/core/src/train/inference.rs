@@ -36,7 +36,7 @@ where
     let batches: Vec<Vec<Key>> = keys.chunks(batch.max(1)).map(|c| c.to_vec()).collect();
     let need = |k: &Key| cache.is_none_or(|c| !c.contains(*k));
     prefetched(data, batches, &need, |_, mut b| {
-        let feats = features_for(model, cache, &b.keys, &mut b.inputs)?;
+        let feats = features_for(model, cache, &b.keys, &mut b.inputs, None)?;
         each(b.keys, feats, b.targets)
     })
 }

@@ -2,12 +2,16 @@
 //!
 //! Every random choice is a pure function of the run seed and where it is made (epoch,
 //! sample): the shuffle of epoch `e` is drawn from a generator seeded by `(seed, e)`, the
-//! augmentation of sample `i` in epoch `e` by `(seed, e, i)`. A run resumed at any step makes
-//! the same choices as one that never stopped, and the checkpoint needs only the seed and the
-//! position.
+//! augmentation of sample `i` in epoch `e` by `(seed, e, i)`, the dropout mask of the `k`-th
+//! dropout in a forward pass by `(seed, step, k)` and the example it falls on. A run resumed
+//! at any step makes the same choices as one that never stopped, and the checkpoint needs only
+//! the seed and the position. Dropout masks are drawn per example, so that a batch split into
+//! micro-batches drops exactly what the whole batch would.
+
+use std::cell::RefCell;
 
 use rand::seq::SliceRandom;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// What a random choice is for; each purpose has streams of its own.
@@ -15,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 enum Purpose {
     Shuffle = 0,
     Augment = 1,
+    Dropout = 2,
 }
 
 /// ChaCha's 64-bit stream id gives every (purpose, epoch, sample) an independent generator
@@ -47,6 +52,97 @@ pub fn view(seed: u64, epoch: usize, index: usize, views: Option<u64>) -> u64 {
     }
 }
 
+/// Which part of a training step a forward pass belongs to: the backbone (`encode`) and the
+/// head (`loss`) count their dropout calls separately, so each needs its own streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Backbone = 0,
+    Head = 1,
+}
+
+/// Where dropout draws from while a training step runs on this thread.
+struct DropoutScope {
+    seed: u64,
+    step: u64,
+    phase: Phase,
+    /// The examples of the batch being computed, as (index, view), in batch order.
+    keys: Vec<(usize, u64)>,
+    /// Dropout calls so far in this phase.
+    calls: u64,
+}
+
+thread_local! {
+    static DROPOUT: RefCell<Option<DropoutScope>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` as the `phase` of training step `step` over the examples `keys`: dropout
+/// ([`crate::nn::ops::dropout`]) inside it drops; outside any such scope (evaluation,
+/// prediction) it is the identity.
+pub fn training_pass<R>(
+    seed: u64,
+    step: u64,
+    phase: Phase,
+    keys: &[(usize, u64)],
+    f: impl FnOnce() -> R,
+) -> R {
+    let scope = DropoutScope {
+        seed,
+        step,
+        phase,
+        keys: keys.to_vec(),
+        calls: 0,
+    };
+    let outer = DROPOUT.with(|d| d.replace(Some(scope)));
+    // Restored even if `f` panics, so that a later evaluation on this thread never drops.
+    struct Restore(Option<DropoutScope>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DROPOUT.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let _restore = Restore(outer);
+    f()
+}
+
+/// splitmix64: a bijective mix, so that distinct tuples give distinct, unrelated seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The keep-mask (scaled by `1 / (1 - p)`) of the next dropout call in the current training
+/// pass, for a tensor of `len` values split evenly over the pass's examples; `None` outside a
+/// training pass.
+pub fn dropout_mask(p: f64, len: usize) -> Result<Option<Vec<f32>>, String> {
+    DROPOUT.with(|d| {
+        let mut d = d.borrow_mut();
+        let Some(scope) = d.as_mut() else {
+            return Ok(None);
+        };
+        let n = scope.keys.len();
+        if n == 0 || !len.is_multiple_of(n) {
+            return Err(format!(
+                "dropout over {len} values cannot be split over the {n} examples of the batch"
+            ));
+        }
+        let call = scope.calls;
+        scope.calls += 1;
+        let base = mix(mix(mix(scope.seed) ^ scope.step) ^ ((scope.phase as u64) << 32 | call));
+        let keep = 1.0 / (1.0 - p) as f32;
+        let per = len / n;
+        let mut mask = Vec::with_capacity(len);
+        for &(index, view) in &scope.keys {
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(base ^ view));
+            rng.set_stream((Purpose::Dropout as u64) << 62 | (index as u64 & ((1 << 62) - 1)));
+            mask.extend((0..per).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }));
+        }
+        Ok(Some(mask))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +168,38 @@ mod tests {
         let distinct: std::collections::BTreeSet<u64> =
             (0..100).map(|i| view(3, 2, i, Some(3))).collect();
         assert_eq!(distinct.len(), 3);
+    }
+
+    #[test]
+    fn dropout_masks_are_per_example_and_only_inside_a_training_pass() {
+        assert_eq!(dropout_mask(0.5, 8).unwrap(), None);
+        let draw = |keys: &[(usize, u64)], step| {
+            training_pass(9, step, Phase::Head, keys, || {
+                (
+                    dropout_mask(0.5, keys.len() * 1000).unwrap().unwrap(),
+                    dropout_mask(0.5, keys.len() * 1000).unwrap().unwrap(),
+                )
+            })
+        };
+        let (a, a2) = draw(&[(3, 0), (5, 1)], 4);
+        assert_ne!(a, a2, "two calls draw different masks");
+        // Each example's part depends on that example only: a micro-batch of one matches.
+        let (b, _) = draw(&[(5, 1)], 4);
+        assert_eq!(&a[1000..], &b[..]);
+        assert_ne!(&a[..1000], &a[1000..]);
+        assert_ne!(draw(&[(5, 1)], 5).0, b, "another step, another mask");
+        let kept = a.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            (800..1200).contains(&kept),
+            "{kept} of 2000 kept at p = 0.5"
+        );
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        assert!(
+            training_pass(1, 0, Phase::Backbone, &[(0, 0), (1, 0)], || dropout_mask(
+                0.1, 3
+            ))
+            .is_err()
+        );
+        assert_eq!(dropout_mask(0.5, 8).unwrap(), None, "the scope ended");
     }
 }

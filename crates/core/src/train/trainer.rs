@@ -18,7 +18,7 @@ use super::metrics_log::{EvalRecord, StepRecord};
 use super::optimizer::{AdamW, Grads};
 use super::plot::plot_run;
 use super::progress::Progress;
-use super::rng;
+use super::rng::{self, Phase};
 use super::scheduler::WarmupCosine;
 use super::task::{Metrics, Task};
 
@@ -75,7 +75,9 @@ pub struct FitReport {
 
 /// The loss of one batch and the gradients of the trainable parameters, computed in passes
 /// of `micro` examples whose gradients are summed. Each pass's summed loss is divided by the
-/// whole batch's loss weight, so the result equals one pass over the whole batch.
+/// whole batch's loss weight, so the result equals one pass over the whole batch. Dropout
+/// draws from `seed` and `step` per example, so the split does not change it either.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_gradients<T: Task>(
     task: &T,
     cache: Option<&FeatureCache>,
@@ -83,6 +85,7 @@ pub fn batch_gradients<T: Task>(
     inputs: &mut [Option<T::Input>],
     targets: &[&T::Target],
     micro: usize,
+    seed: u64,
     step: u64,
 ) -> Result<(f64, Grads)> {
     let total_weight = task.loss_weight(targets);
@@ -94,9 +97,18 @@ pub fn batch_gradients<T: Task>(
     let mut loss_value = 0f64;
     for start in (0..keys.len()).step_by(micro.max(1)) {
         let end = (start + micro.max(1)).min(keys.len());
-        let feats = features_for(task, cache, &keys[start..end], &mut inputs[start..end])?;
-        let loss =
-            (task.loss(&feats.iter().collect::<Vec<_>>(), &targets[start..end])? / total_weight)?;
+        let micro_keys = &keys[start..end];
+        let feats = features_for(
+            task,
+            cache,
+            micro_keys,
+            &mut inputs[start..end],
+            Some((seed, step)),
+        )?;
+        let loss = rng::training_pass(seed, step, Phase::Head, micro_keys, || {
+            task.loss(&feats.iter().collect::<Vec<_>>(), &targets[start..end])
+        })?;
+        let loss = (loss / total_weight)?;
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             bail!("the loss is {value} at step {step}; stopping");
@@ -174,9 +186,14 @@ impl<T: Task> Run<'_, T> {
         let main = *metrics
             .get(task.main_metric())
             .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
+        // The epoch of the last step: at an epoch's end the state already points at the next.
+        let epoch = match self.state.batch {
+            0 => self.state.epoch.saturating_sub(1),
+            _ => self.state.epoch,
+        };
         self.progress.eval(EvalRecord {
             step: self.state.step,
-            epoch: self.state.epoch,
+            epoch,
             metrics: metrics.clone(),
         })?;
         self.last_metrics = Some(metrics);
@@ -345,6 +362,7 @@ where
                 &mut loaded.inputs,
                 &targets,
                 micro,
+                cfg.seed,
                 step,
             )
             .with_context(|| {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, D};
 use downstream_core::backbone::{Readout, Vit};
-use downstream_core::nn::Detach;
+use downstream_core::nn::{ops, Detach};
 use downstream_core::train::{Dataset, Features, Metric, Metrics, Task};
 use downstream_core::{Freeze, ParamStore};
 
@@ -19,11 +19,13 @@ pub const CLASSES: usize = 3;
 pub struct Classify {
     pub vit: Vit,
     pub params: ParamStore,
-    w: Tensor,
-    b: Tensor,
-    frozen: bool,
+    pub w: Tensor,
+    pub b: Tensor,
+    pub frozen: bool,
     /// Set when `predict` sees features that carry a backward graph.
     pub graph_seen: Arc<AtomicBool>,
+    /// Dropout on the CLS token before the head (0: none).
+    pub dropout: f64,
 }
 
 impl Classify {
@@ -62,12 +64,13 @@ impl Classify {
             b,
             frozen: mode == Freeze::Frozen,
             graph_seen: Arc::default(),
+            dropout: 0.0,
         }
     }
 
     pub fn logits(&self, features: &[&Features]) -> Result<Tensor> {
         let cls: Vec<Tensor> = features.iter().map(|f| f[0].clone()).collect();
-        let x = Tensor::stack(&cls, 0)?;
+        let x = ops::dropout(&Tensor::stack(&cls, 0)?, self.dropout)?;
         Ok(x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?)
     }
 }
@@ -153,6 +156,7 @@ impl Task for Classify {
             b: self.b.detach(),
             frozen: self.frozen,
             graph_seen: self.graph_seen.clone(),
+            dropout: self.dropout,
         })
     }
 }
