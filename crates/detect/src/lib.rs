@@ -3,7 +3,6 @@
 pub mod data;
 pub mod dataset;
 pub mod detector;
-pub mod draw;
 pub mod metric;
 pub mod model;
 pub mod pipeline;

@@ -270,7 +270,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict { run, out, images } => {
             let device = Device::Cpu;
             let (cfg, detector) = pipeline::load_run(&run, &device)?;
-            let files = pipeline::image_files(&images)?;
+            let files = downstream_core::vision::io::image_files(&images)?;
             let out = out.unwrap_or_else(|| run.join("predict"));
             let results = pipeline::predict_files(&cfg, &detector, &files, &out)?;
             println!(

@@ -15,11 +15,11 @@ use crate::data::coco::{self, Detection};
 use crate::data::{self, Category, DetectionSet, ImageRecord};
 use crate::dataset::{DetectionData, InputConfig};
 use crate::detector::{Detector, ModelConfig};
-use crate::draw::{annotate_file, Labelled};
 use crate::metric::accumulate::Collector;
 use crate::metric::coco_eval;
 use crate::model::postprocess::PostProcess;
 use crate::synth;
+use downstream_core::vision::draw::{annotate_file, Labelled};
 
 /// Where training and validation data come from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -281,35 +281,6 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(DetectConfig, Detect
     };
     checkpoint::load(&path, device)?.restore_params(&detector.params)?;
     Ok((cfg, detector))
-}
-
-/// Image files named directly or found in folders (png, jpg, jpeg, bmp, tif, tiff), sorted.
-pub fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let is_image = |p: &Path| {
-        p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-            ["png", "jpg", "jpeg", "bmp", "tif", "tiff"].contains(&e.to_ascii_lowercase().as_str())
-        })
-    };
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("reading {}", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| is_image(p))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else if input.is_file() {
-            files.push(input.clone());
-        } else {
-            bail!("{}: no such image or folder", input.display());
-        }
-    }
-    if files.is_empty() {
-        bail!("no images found in {:?}", inputs);
-    }
-    Ok(files)
 }
 
 /// Runs a trained detector on image files; writes `predictions.json` (COCO results, image ids

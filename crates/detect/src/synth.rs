@@ -181,11 +181,7 @@ fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
 pub type Boxes = Vec<(u64, [f64; 4])>;
 
 /// One image and its objects.
-pub fn render(
-    spec: &SynthSpec,
-    split: Split,
-    index: usize,
-) -> Result<(RgbImage, Boxes)> {
+pub fn render(spec: &SynthSpec, split: Split, index: usize) -> Result<(RgbImage, Boxes)> {
     let scene = scene::render(spec.seed, spec.size, split, index)?;
     let boxes = scene
         .objects

@@ -129,7 +129,7 @@ fn an_unseen_coco_data_set_trains_evaluates_and_predicts_without_code_change() {
 
     // A trained run predicts on a folder of images and on single files.
     let (cfg, detector) = pipeline::load_run(&run_dir, &candle_core::Device::Cpu).unwrap();
-    let files = pipeline::image_files(&[data.path().to_path_buf()]).unwrap();
+    let files = downstream_core::vision::io::image_files(&[data.path().to_path_buf()]).unwrap();
     assert_eq!(files.len(), 8);
     let out = runs.path().join("pred");
     pipeline::predict_files(&cfg, &detector, &files[..3], &out).unwrap();

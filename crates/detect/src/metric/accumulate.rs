@@ -40,7 +40,7 @@ impl Collector {
         for (dets, t) in outputs.into_iter().zip(targets) {
             let entry = self.per_image.entry(t.sample.image_id).or_default();
             for d in dets {
-                let [x, y, w, h] = t.sample.to_original(d.xyxy);
+                let [x, y, w, h] = t.sample.placement.to_original(d.xyxy);
                 if w > 0.0 && h > 0.0 {
                     entry.push(BoxDet {
                         xyxy: [x as f32, y as f32, (x + w) as f32, (y + h) as f32],

@@ -1,14 +1,16 @@
-//! Annotated prediction images: each predicted box outlined in its class colour, with its label
-//! ("circle 0.87") in a filled tag. Text comes from DejaVu Sans embedded in the binary, so
-//! annotation works on machines with no fonts installed.
+//! Drawing predictions a person can judge: each box outlined in its class colour, with its
+//! label ("circle 0.87") in a filled tag whose text contrasts with it. Shapes and text are
+//! drawn with imageproc; text comes from DejaVu Sans embedded in the binary, so drawing works
+//! on machines with no fonts installed.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ab_glyph::{point, Font, FontRef, GlyphId, PxScale, ScaleFont};
-use anyhow::{Context, Result};
-use image::codecs::png::PngEncoder;
-use image::{ImageEncoder, ImageReader, Rgb, RgbImage};
+use ab_glyph::{FontRef, PxScale};
+use anyhow::Result;
+use image::{Rgb, RgbImage};
+use imageproc::drawing::{draw_filled_rect_mut, draw_text_mut, text_size};
+use imageproc::rect::Rect as ImRect;
 
 /// One box to draw: [x, y, w, h] in image pixels, a label such as "circle 0.87", and a class
 /// index choosing the colour.
@@ -89,8 +91,18 @@ struct Rect {
 }
 
 impl Rect {
+    #[cfg(test)]
     fn contains(&self, x: i64, y: i64) -> bool {
         (self.x0..=self.x1).contains(&x) && (self.y0..=self.y1).contains(&y)
+    }
+
+    /// The part inside a `w x h` image, as imageproc's rectangle; `None` if nothing is.
+    fn clipped(&self, w: u32, h: u32) -> Option<ImRect> {
+        let (x0, y0) = (self.x0.max(0), self.y0.max(0));
+        let (x1, y1) = (self.x1.min(w as i64 - 1), self.y1.min(h as i64 - 1));
+        (x0 <= x1 && y0 <= y1).then(|| {
+            ImRect::at(x0 as i32, y0 as i32).of_size((x1 - x0 + 1) as u32, (y1 - y0 + 1) as u32)
+        })
     }
 }
 
@@ -121,32 +133,19 @@ struct TextLayout {
     scale: PxScale,
     tag_w: i64,
     tag_h: i64,
-    pad_x: f32,
-    pad_y: f32,
+    pad_x: i64,
+    pad_y: i64,
 }
 
 fn layout_text(label: &str, px: f32) -> TextLayout {
     let scale = PxScale::from(px);
-    let scaled = font().as_scaled(scale);
-    let mut width = 0.0;
-    let mut prev: Option<GlyphId> = None;
-    for id in label
-        .chars()
-        .filter(|c| !c.is_control())
-        .map(|c| scaled.glyph_id(c))
-    {
-        if let Some(p) = prev {
-            width += scaled.kern(p, id);
-        }
-        width += scaled.h_advance(id);
-        prev = Some(id);
-    }
-    let pad_x = (px / 4.0).round();
-    let pad_y = (px / 12.0).round().max(1.0);
+    let (w, h) = text_size(scale, font(), label);
+    let pad_x = (px / 4.0).round() as i64;
+    let pad_y = ((px / 12.0).round() as i64).max(1);
     TextLayout {
         scale,
-        tag_w: (width + 2.0 * pad_x).ceil() as i64,
-        tag_h: (scaled.height() + 2.0 * pad_y).ceil() as i64,
+        tag_w: w as i64 + 2 * pad_x,
+        tag_h: h as i64 + 2 * pad_y,
         pad_x,
         pad_y,
     }
@@ -169,11 +168,8 @@ fn tag_rect(outline: Rect, tag_w: i64, tag_h: i64, width: u32, height: u32) -> R
 }
 
 fn fill(image: &mut RgbImage, r: Rect, c: Rgb<u8>) {
-    let (w, h) = (image.width() as i64, image.height() as i64);
-    for y in r.y0.max(0)..=r.y1.min(h - 1) {
-        for x in r.x0.max(0)..=r.x1.min(w - 1) {
-            image.put_pixel(x as u32, y as u32, c);
-        }
+    if let Some(r) = r.clipped(image.width(), image.height()) {
+        draw_filled_rect_mut(image, r, c);
     }
 }
 
@@ -197,49 +193,30 @@ fn draw_outline(image: &mut RgbImage, r: Rect, c: Rgb<u8>) {
     }
 }
 
-fn draw_label(image: &mut RgbImage, outline: Rect, label: &str, bg: Rgb<u8>) {
+/// Draws `label` in a tag of colour `bg` on the top-left corner of `anchor` (see [`tag_rect`]).
+fn draw_label(image: &mut RgbImage, anchor: Rect, label: &str, bg: Rgb<u8>) {
     let px = text_px(image.width(), image.height());
     let text = layout_text(label, px);
     let tag = tag_rect(
-        outline,
+        anchor,
         text.tag_w,
         text.tag_h,
         image.width(),
         image.height(),
     );
-    fill(image, tag, bg);
-    let fg = text_colour(bg);
-    let font = font();
-    let scaled = font.as_scaled(text.scale);
-    let baseline = tag.y0 as f32 + text.pad_y + scaled.ascent();
-    let mut caret = tag.x0 as f32 + text.pad_x;
-    let mut prev: Option<GlyphId> = None;
-    let (w, h) = (image.width() as i64, image.height() as i64);
-    for ch in label.chars().filter(|c| !c.is_control()) {
-        let id = scaled.glyph_id(ch);
-        if let Some(p) = prev {
-            caret += scaled.kern(p, id);
-        }
-        let glyph = id.with_scale_and_position(text.scale, point(caret, baseline));
-        caret += scaled.h_advance(id);
-        prev = Some(id);
-        let Some(outlined) = font.outline_glyph(glyph) else {
-            continue;
-        };
-        let min = outlined.px_bounds().min;
-        outlined.draw(|gx, gy, coverage| {
-            let x = min.x as i64 + gx as i64;
-            let y = min.y as i64 + gy as i64;
-            // Text running past a tag squeezed by the image border is cut, not spilled.
-            if !tag.contains(x, y) || x >= w || y >= h {
-                return;
-            }
-            let a = coverage.clamp(0.0, 1.0);
-            let blend = |b: u8, f: u8| (b as f32 * (1.0 - a) + f as f32 * a).round() as u8;
-            let p = image.get_pixel_mut(x as u32, y as u32);
-            *p = Rgb([blend(p[0], fg[0]), blend(p[1], fg[1]), blend(p[2], fg[2])]);
-        });
-    }
+    // The text is drawn on the tag alone and the tag pasted, so that text squeezed by the
+    // image border is cut at the tag's edge instead of spilling over the picture.
+    let mut patch = RgbImage::from_pixel(text.tag_w as u32, text.tag_h as u32, bg);
+    draw_text_mut(
+        &mut patch,
+        text_colour(bg),
+        text.pad_x as i32,
+        text.pad_y as i32,
+        text.scale,
+        font(),
+        label,
+    );
+    image::imageops::replace(image, &patch, tag.x0, tag.y0);
 }
 
 /// Draws boxes (2 px outline, a colour per class) and, for each, its label in a filled tag above
@@ -267,23 +244,9 @@ pub fn draw(image: &mut RgbImage, boxes: &[Labelled]) {
 
 /// Loads `src` (any format the image crate reads), draws, and writes a PNG to `dst` atomically.
 pub fn annotate_file(src: &Path, dst: &Path, boxes: &[Labelled]) -> Result<()> {
-    // The content decides the format, so a mislabelled extension still loads.
-    let mut image = ImageReader::open(src)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(anyhow::Error::from)
-        .and_then(|r| Ok(r.decode()?))
-        .with_context(|| format!("reading image {}", src.display()))?
-        .to_rgb8();
+    let mut image = super::io::open_rgb(src)?;
     draw(&mut image, boxes);
-    downstream_core::atomic::write_with(dst, |w| {
-        PngEncoder::new(w).write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )?;
-        Ok(())
-    })
+    super::io::save_png(dst, &image::DynamicImage::ImageRgb8(image))
 }
 
 #[cfg(test)]
@@ -462,7 +425,7 @@ mod tests {
         let dst = dir.path().join("out").join("photo.png");
         let boxes = [boxed([10.0, 20.0, 40.0, 30.0], "circle 0.87", 2)];
         annotate_file(&src, &dst, &boxes).unwrap();
-        let reader = ImageReader::open(&dst)
+        let reader = image::ImageReader::open(&dst)
             .unwrap()
             .with_guessed_format()
             .unwrap();
