@@ -6,13 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use detect::data::coco;
 use detect::metric::coco_eval;
 use detect::pipeline::{self, DetectConfig, TrainOutcome};
-use downstream_core::train::config::{RunArgs, TrainArgs};
+use downstream_core::train::config::{self, DataArgs, RunArgs, TrainArgs};
+use downstream_core::train::summary;
 use downstream_core::train::trainer::RunOptions;
 
 #[derive(Parser)]
@@ -25,15 +26,9 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// How images become inputs, beyond the data flags every task shares.
 #[derive(Args, Clone, Debug, Default)]
-struct DataArgs {
-    /// Training data: a COCO JSON file, a Pascal VOC folder, or `deepforest` (fetched on first
-    /// use; default: the built-in shapes set).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Validation data (default: every fifth training image).
-    #[arg(long)]
-    val: Option<PathBuf>,
+struct InputArgs {
     /// Model input side in pixels (a multiple of 28 for patch-14 backbones).
     #[arg(long)]
     size: Option<usize>,
@@ -46,11 +41,16 @@ struct DataArgs {
 enum Command {
     /// Fine-tune a detector.
     Train {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Data (COCO JSON, Pascal VOC folder, or deepforest)"
+        )]
         data: DataArgs,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Input")]
+        input: InputArgs,
+        #[command(flatten, next_help_heading = "Training")]
         train: Box<TrainArgs>,
-        #[command(flatten)]
+        #[command(flatten, next_help_heading = "Run")]
         run: RunArgs,
     },
     /// Evaluate: a trained run on a data set (`--run DIR --data D`), or a results file against
@@ -88,56 +88,26 @@ enum Command {
 
 fn train_config(
     data: &DataArgs,
+    input: &InputArgs,
     train: &TrainArgs,
     run: &RunArgs,
     dir: &Path,
 ) -> Result<DetectConfig> {
-    let mut cfg = if run.resume {
-        DetectConfig::load(&dir.join("config.toml"))
-            .context("--resume needs the run's config.toml")?
-    } else {
-        match &train.config {
-            Some(path) => DetectConfig::load(path)?,
-            None => DetectConfig::default(),
-        }
-    };
-    if !run.resume {
-        train.apply(&mut cfg.train);
-        if data.data.is_some() {
-            cfg.data.train = data.data.clone();
-        }
-        if data.val.is_some() {
-            cfg.data.val = data.val.clone();
-        }
-        if let Some(s) = data.size {
+    config::resolve(train, run, dir, |cfg: &mut DetectConfig| {
+        data.apply(&mut cfg.data);
+        if let Some(s) = input.size {
             cfg.input.size = s;
         }
-        if data.tile.is_some() {
-            cfg.input.tile = data.tile;
+        if input.tile.is_some() {
+            cfg.input.tile = input.tile;
         }
-    }
-    Ok(cfg)
+    })
 }
 
 fn print_outcome(o: &TrainOutcome, seconds: f64) {
-    if !o.report.finished {
-        println!(
-            "stopped after {} steps; continue with --resume",
-            o.report.steps
-        );
+    if !summary::print_training(&o.report, seconds) {
         return;
     }
-    println!();
-    println!(
-        "trained {} steps in {:.0} s{}",
-        o.report.steps,
-        seconds,
-        if o.report.stopped_early {
-            " (stopped early)"
-        } else {
-            ""
-        }
-    );
     if o.clipped > 0 {
         println!(
             "{} boxes reached outside their image and were clipped",
@@ -156,29 +126,13 @@ fn print_outcome(o: &TrainOutcome, seconds: f64) {
     for (name, ap) in &o.per_category {
         println!("  {name:<16} AP {ap:.3}");
     }
-    println!();
-    println!("run folder:   {}", o.run_dir.display());
-    println!("  config:     {}", o.run_dir.join("config.toml").display());
-    println!(
-        "  metrics:    {}",
-        o.run_dir.join("metrics.jsonl").display()
-    );
-    for p in &o.report.plots {
-        println!("  plot:       {}", p.display());
-    }
-    if let Some(b) = &o.report.best_checkpoint {
-        println!("  best model: {}", b.display());
-    }
-    println!(
-        "  results:    {}",
-        o.run_dir.join("val_results.json").display()
-    );
+    let mut outputs = vec![("results", o.run_dir.join("val_results.json"))];
     if let Some(first) = o.predictions.first() {
-        println!(
-            "  drawn:      {} ({} images)",
-            first.parent().unwrap_or(first).display(),
-            o.predictions.len()
-        );
+        outputs.push(("drawn", first.parent().unwrap_or(first).to_path_buf()));
+    }
+    summary::print_run_files(&o.report, &o.run_dir, &outputs);
+    if !o.predictions.is_empty() {
+        println!("              ({} drawn images)", o.predictions.len());
     }
 }
 
@@ -193,6 +147,7 @@ fn print_stats(stats: &coco_eval::CocoStats, json: bool) {
 fn run(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Train {
         data: DataArgs::default(),
+        input: InputArgs::default(),
         train: Box::default(),
         run: RunArgs {
             name: "demo".into(),
@@ -201,9 +156,14 @@ fn run(cli: Cli) -> Result<()> {
         },
     });
     match command {
-        Command::Train { data, train, run } => {
+        Command::Train {
+            data,
+            input,
+            train,
+            run,
+        } => {
             let dir = run.dir("detect");
-            let cfg = train_config(&data, &train, &run, &dir)?;
+            let cfg = train_config(&data, &input, &train, &run, &dir)?;
             let opts = RunOptions {
                 resume: run.resume,
                 ..RunOptions::new(&dir)

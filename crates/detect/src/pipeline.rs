@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use downstream_core::train::checkpoint;
-use downstream_core::train::config::{load_toml_over, TrainConfig};
+use downstream_core::train::config::{holdout, DataConfig, RunConfig, TrainConfig};
 use downstream_core::train::predict_all;
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use serde::{Deserialize, Serialize};
@@ -20,17 +20,6 @@ use crate::metric::coco_eval;
 use crate::model::postprocess::PostProcess;
 use crate::synth;
 use downstream_core::vision::draw::{annotate_file, Labelled};
-
-/// Where training and validation data come from.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// A COCO JSON file or a Pascal VOC folder; the built-in shapes set if absent.
-    pub train: Option<PathBuf>,
-    /// Validation data in the same forms; if absent, `val_fraction` of the training images.
-    pub val: Option<PathBuf>,
-    pub val_fraction: Option<f64>,
-}
 
 /// Everything a detection run is made of; saved as `config.toml` in the run folder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,9 +49,9 @@ impl Default for DetectConfig {
     }
 }
 
-impl DetectConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        load_toml_over(path, &Self::default())
+impl RunConfig for DetectConfig {
+    fn train_mut(&mut self) -> &mut TrainConfig {
+        &mut self.train
     }
 }
 
@@ -94,25 +83,20 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         }
     };
     let train = data::load(&train_path)?;
-    let val = match (val_path, cfg.val_fraction) {
-        (Some(v), _) => data::load(&v)?,
-        (None, fraction) => {
-            let fraction = fraction.unwrap_or(0.2);
-            anyhow::ensure!(
-                fraction > 0.0 && fraction < 1.0,
-                "val_fraction must be between 0 and 1"
-            );
-            // Every k-th image (by id) validates: deterministic and spread over the set.
-            let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
-            ids.sort_unstable();
-            let k = (1.0 / fraction).round().max(2.0) as usize;
-            let val_ids: std::collections::HashSet<u64> =
-                ids.iter().copied().skip(k - 1).step_by(k).collect();
-            let val = subset(&train, &val_ids, true);
-            return Ok((subset(&train, &val_ids, false), val));
-        }
-    };
-    Ok((train, val))
+    if let Some(v) = val_path {
+        return Ok((train, data::load(&v)?));
+    }
+    // Images held out in id order, so that the split does not depend on file order.
+    let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
+    ids.sort_unstable();
+    let held = holdout(ids.len(), cfg.holdout_fraction()?);
+    let val_ids: std::collections::HashSet<u64> = ids
+        .iter()
+        .zip(held)
+        .filter_map(|(&id, h)| h.then_some(id))
+        .collect();
+    let val = subset(&train, &val_ids, true);
+    Ok((subset(&train, &val_ids, false), val))
 }
 
 /// What a finished training run reports.
@@ -273,13 +257,7 @@ pub fn load_run(run_dir: &Path, device: &Device) -> Result<(DetectConfig, Detect
         cfg.postprocess.clone(),
         device,
     )?;
-    let best = run_dir.join("checkpoints").join("best.safetensors");
-    let path = if best.is_file() {
-        best
-    } else {
-        run_dir.join("checkpoints").join("last.safetensors")
-    };
-    checkpoint::load(&path, device)?.restore_params(&detector.params)?;
+    checkpoint::restore_best_else_last(run_dir, &detector.params, device)?;
     Ok((cfg, detector))
 }
 

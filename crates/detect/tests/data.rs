@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use detect::data::{self, coco, voc};
+use downstream_core::train::config::RunConfig;
 use serde_json::json;
 
 fn write_png(path: &Path, w: u32, h: u32) {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use detect::data::coco;
-use detect::pipeline::{self, DataConfig, DetectConfig};
+use detect::pipeline::{self, DetectConfig};
+use downstream_core::train::config::DataConfig;
 use downstream_core::train::config::TrainConfig;
 use downstream_core::train::trainer::RunOptions;
 use downstream_core::Freeze;

@@ -89,6 +89,30 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// The checkpoint a finished run is used with: its best, else (no validation) its last.
+pub fn best_else_last(run_dir: &Path) -> std::path::PathBuf {
+    let dir = run_dir.join("checkpoints");
+    let best = dir.join("best.safetensors");
+    if best.is_file() {
+        best
+    } else {
+        dir.join("last.safetensors")
+    }
+}
+
+/// Loads a run's [`best_else_last`] checkpoint into `params`; returns its path.
+pub fn restore_best_else_last(
+    run_dir: &Path,
+    params: &ParamStore,
+    device: &Device,
+) -> Result<std::path::PathBuf> {
+    let path = best_else_last(run_dir);
+    load(&path, device)?
+        .restore_params(params)
+        .with_context(|| format!("restoring {}", path.display()))?;
+    Ok(path)
+}
+
 impl Checkpoint {
     /// Copies the saved weights into `params`' trainable parameters; every one must be present.
     pub fn restore_params(&self, params: &ParamStore) -> Result<()> {

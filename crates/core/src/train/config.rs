@@ -1,5 +1,6 @@
 //! Run configuration: a TOML file, command-line overrides on top, and the resolved result
-//! saved with the run.
+//! saved with the run; on `--resume`, the run's own saved configuration. The pieces every task
+//! shares (the engine's settings, where the data is, the run folder) are defined here once.
 
 use std::path::{Path, PathBuf};
 
@@ -176,6 +177,93 @@ pub struct TrainArgs {
     /// Where frozen-backbone features are cached.
     #[arg(long, value_enum)]
     pub feature_cache: Option<CacheKind>,
+}
+
+/// Where training and validation data come from: the `[data]` section of every task.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// The training data (a file, a folder or a named data set); the task's built-in set if
+    /// absent.
+    pub train: Option<PathBuf>,
+    /// Validation data in the same forms; if absent, `val_fraction` of the training data.
+    pub val: Option<PathBuf>,
+    pub val_fraction: Option<f64>,
+}
+
+impl DataConfig {
+    /// The share of the training data held out when no validation set is given (default 0.2).
+    pub fn holdout_fraction(&self) -> Result<f64> {
+        let f = self.val_fraction.unwrap_or(0.2);
+        anyhow::ensure!(
+            f > 0.0 && f < 1.0,
+            "val_fraction must be between 0 and 1, not {f}"
+        );
+        Ok(f)
+    }
+}
+
+/// Every `k`-th of `n` items in a stable order, `k = round(1 / fraction)`: which items validate
+/// when no validation set is given, deterministic and spread over the whole set.
+pub fn holdout(n: usize, fraction: f64) -> Vec<bool> {
+    let k = (1.0 / fraction).round().max(2.0) as usize;
+    (0..n).map(|i| (i + 1) % k == 0).collect()
+}
+
+/// Command-line flags for the data, shared by every task's `train` command.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DataArgs {
+    /// Training data: a file, a folder, or a named data set (default: the built-in set).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation data (default: a share of the training data, `val_fraction`).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+}
+
+impl DataArgs {
+    pub fn apply(&self, cfg: &mut DataConfig) {
+        if self.data.is_some() {
+            cfg.train = self.data.clone();
+        }
+        if self.val.is_some() {
+            cfg.val = self.val.clone();
+        }
+    }
+}
+
+/// A task's whole run configuration, as its `config.toml` holds it.
+pub trait RunConfig: Serialize + DeserializeOwned + Default {
+    fn train_mut(&mut self) -> &mut TrainConfig;
+
+    /// A configuration file; the fields it leaves out keep the task's defaults.
+    fn load(path: &Path) -> Result<Self> {
+        load_toml_over(path, &Self::default())
+    }
+}
+
+/// The configuration a `train` command runs with. A new run: the `--config` file (or the task's
+/// defaults), the engine's flags on top, then the task's own (`apply`). A resumed run: the
+/// configuration saved in its folder, as it was started.
+pub fn resolve<C: RunConfig>(
+    train: &TrainArgs,
+    run: &RunArgs,
+    dir: &Path,
+    apply: impl FnOnce(&mut C),
+) -> Result<C> {
+    if run.resume {
+        let path = dir.join("config.toml");
+        return C::load(&path).with_context(|| {
+            format!("--resume needs the run's configuration, {}", path.display())
+        });
+    }
+    let mut cfg = match &train.config {
+        Some(path) => C::load(path)?,
+        None => C::default(),
+    };
+    train.apply(cfg.train_mut());
+    apply(&mut cfg);
+    Ok(cfg)
 }
 
 /// Where a run's folder is and whether it continues an earlier one.
@@ -356,5 +444,77 @@ mod tests {
             err.contains("partial.toml") && err.contains("layer_decai"),
             "{err}"
         );
+    }
+
+    #[derive(Default, Serialize, Deserialize, PartialEq, Debug)]
+    #[serde(default)]
+    struct Whole {
+        data: DataConfig,
+        train: TrainConfig,
+        width: usize,
+    }
+
+    impl RunConfig for Whole {
+        fn train_mut(&mut self) -> &mut TrainConfig {
+            &mut self.train
+        }
+    }
+
+    #[test]
+    fn a_new_run_takes_file_and_flags_a_resumed_one_its_saved_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("given.toml");
+        std::fs::write(&file, "width = 7\n[train]\nepochs = 3\n").unwrap();
+        let args = TrainArgs {
+            config: Some(file),
+            lr: Some(0.5),
+            ..Default::default()
+        };
+        let fresh = RunArgs {
+            name: "x".into(),
+            runs_dir: dir.path().into(),
+            resume: false,
+        };
+        let data = DataArgs {
+            data: Some("here".into()),
+            val: None,
+        };
+        let cfg: Whole = resolve(&args, &fresh, dir.path(), |c: &mut Whole| {
+            data.apply(&mut c.data)
+        })
+        .unwrap();
+        assert_eq!((cfg.width, cfg.train.epochs, cfg.train.lr), (7, 3, 0.5));
+        assert_eq!(cfg.data.train.as_deref(), Some(Path::new("here")));
+        save_toml(&dir.path().join("config.toml"), &cfg).unwrap();
+        // Resuming ignores the flags: the run goes on as it was started.
+        let resume = RunArgs {
+            resume: true,
+            ..fresh
+        };
+        let other = TrainArgs {
+            lr: Some(9.0),
+            ..Default::default()
+        };
+        let again: Whole =
+            resolve(&other, &resume, dir.path(), |c: &mut Whole| c.width = 1).unwrap();
+        assert_eq!(again, cfg);
+        let err = resolve::<Whole>(&other, &resume, &dir.path().join("none"), |_| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("config.toml"), "{err:#}");
+    }
+
+    #[test]
+    fn every_kth_item_is_held_out() {
+        let held: Vec<usize> = holdout(10, 0.2)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.then_some(i))
+            .collect();
+        assert_eq!(held, [4, 9]);
+        assert_eq!(holdout(9, 0.34).iter().filter(|&&h| h).count(), 3);
+        let bad = DataConfig {
+            val_fraction: Some(1.0),
+            ..Default::default()
+        };
+        assert!(bad.holdout_fraction().is_err());
     }
 }

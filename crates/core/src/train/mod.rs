@@ -14,6 +14,7 @@ pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod scheduler;
+pub mod summary;
 pub mod task;
 pub mod trainer;
 
