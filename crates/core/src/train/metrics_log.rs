@@ -153,11 +153,12 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
+/// Records for the tests of the log and of the plots.
 #[cfg(test)]
-mod tests {
+pub(crate) mod samples {
     use super::*;
 
-    fn step(step: u64, epoch: usize, loss: f64) -> StepRecord {
+    pub fn step(step: u64, epoch: usize, loss: f64) -> StepRecord {
         StepRecord {
             step,
             epoch,
@@ -168,13 +169,19 @@ mod tests {
         }
     }
 
-    fn eval(step: u64, epoch: usize, acc: f64, loss: f64) -> EvalRecord {
+    pub fn eval(step: u64, epoch: usize, acc: f64, loss: f64) -> EvalRecord {
         EvalRecord {
             step,
             epoch,
             metrics: BTreeMap::from([("accuracy".to_string(), acc), ("loss".to_string(), loss)]),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{eval, step};
+    use super::*;
 
     fn as_json(records: &[Record]) -> serde_json::Value {
         serde_json::to_value(records).unwrap()

@@ -296,27 +296,9 @@ fn padded_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::metrics_log::{EvalRecord, MetricsLog, StepRecord};
+    use crate::train::metrics_log::samples::{eval, step};
+    use crate::train::metrics_log::MetricsLog;
     use std::fs;
-
-    fn step(step: u64, epoch: usize, loss: f64) -> StepRecord {
-        StepRecord {
-            step,
-            epoch,
-            loss,
-            lr: 1e-4 * (1.0 + step as f64).recip(),
-            samples_per_s: 32.5,
-            grad_norm: 0.75 + step as f64 / 100.0,
-        }
-    }
-
-    fn eval(step: u64, epoch: usize, acc: f64, loss: f64) -> EvalRecord {
-        EvalRecord {
-            step,
-            epoch,
-            metrics: BTreeMap::from([("accuracy".to_string(), acc), ("loss".to_string(), loss)]),
-        }
-    }
 
     fn plotted() -> Vec<String> {
         vec!["accuracy".to_string()]
