@@ -126,14 +126,18 @@ fn print_outcome(o: &TrainOutcome, seconds: f64) {
     for (name, ap) in &o.per_category {
         println!("  {name:<16} AP {ap:.3}");
     }
-    let mut outputs = vec![("results", o.run_dir.join("val_results.json"))];
+    let mut outputs = vec![(
+        "results",
+        o.run_dir.join("val_results.json").display().to_string(),
+    )];
     if let Some(first) = o.predictions.first() {
-        outputs.push(("drawn", first.parent().unwrap_or(first).to_path_buf()));
+        let folder = first.parent().unwrap_or(first).display();
+        outputs.push((
+            "drawn",
+            format!("{folder} ({} images)", o.predictions.len()),
+        ));
     }
     summary::print_run_files(&o.report, &o.run_dir, &outputs);
-    if !o.predictions.is_empty() {
-        println!("              ({} drawn images)", o.predictions.len());
-    }
 }
 
 fn print_stats(stats: &coco_eval::CocoStats, json: bool) {

@@ -3,7 +3,7 @@
 //! atomically, so a crash while saving leaves the previous checkpoint loadable.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -89,14 +89,23 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// Where a run keeps the checkpoint of its last step.
+pub fn last_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints").join("last.safetensors")
+}
+
+/// Where a run keeps the checkpoint of its best evaluation.
+pub fn best_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints").join("best.safetensors")
+}
+
 /// The checkpoint a finished run is used with: its best, else (no validation) its last.
-pub fn best_else_last(run_dir: &Path) -> std::path::PathBuf {
-    let dir = run_dir.join("checkpoints");
-    let best = dir.join("best.safetensors");
+pub fn best_else_last(run_dir: &Path) -> PathBuf {
+    let best = best_path(run_dir);
     if best.is_file() {
         best
     } else {
-        dir.join("last.safetensors")
+        last_path(run_dir)
     }
 }
 
@@ -105,7 +114,7 @@ pub fn restore_best_else_last(
     run_dir: &Path,
     params: &ParamStore,
     device: &Device,
-) -> Result<std::path::PathBuf> {
+) -> Result<PathBuf> {
     let path = best_else_last(run_dir);
     load(&path, device)?
         .restore_params(params)

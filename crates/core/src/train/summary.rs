@@ -1,7 +1,7 @@
 //! What a `train` command prints when it ends: how long it trained, and where everything the
 //! run wrote is, so that a user can open it. A task adds its own metrics and outputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::trainer::FitReport;
 
@@ -29,21 +29,25 @@ pub fn print_training(report: &FitReport, seconds: f64) -> bool {
     true
 }
 
-/// Prints where a finished run's files are.
-pub fn print_run_files(report: &FitReport, dir: &Path, outputs: &[(&str, PathBuf)]) {
-    let line =
-        |label: &str, path: &Path| println!("  {:<11} {}", format!("{label}:"), path.display());
+/// Prints where a finished run's files are; `outputs` are the task's own, as (label, where).
+pub fn print_run_files(report: &FitReport, dir: &Path, outputs: &[(&str, String)]) {
+    let line = |label: &str, what: &dyn std::fmt::Display| {
+        println!("  {:<11} {what}", format!("{label}:"))
+    };
     println!();
     println!("run folder:   {}", dir.display());
-    line("config", &dir.join("config.toml"));
-    line("metrics", &dir.join(super::metrics_log::METRICS_FILE));
+    line("config", &dir.join("config.toml").display());
+    line(
+        "metrics",
+        &dir.join(super::metrics_log::METRICS_FILE).display(),
+    );
     for p in &report.plots {
-        line("plot", p);
+        line("plot", &p.display());
     }
     if let Some(b) = &report.best_checkpoint {
-        line("best model", b);
+        line("best model", &b.display());
     }
-    for (label, path) in outputs {
-        line(label, path);
+    for (label, what) in outputs {
+        line(label, what);
     }
 }

@@ -48,11 +48,11 @@ impl RunOptions {
     }
 
     pub fn last_checkpoint(&self) -> PathBuf {
-        self.dir.join("checkpoints").join("last.safetensors")
+        checkpoint::last_path(&self.dir)
     }
 
     pub fn best_checkpoint(&self) -> PathBuf {
-        self.dir.join("checkpoints").join("best.safetensors")
+        checkpoint::best_path(&self.dir)
     }
 }
 
