@@ -77,7 +77,7 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         None => {
             let (t, v) = synth::ensure(
                 &datasets_root().join("shapes"),
-                &synth::SynthSpec::default(),
+                &downstream_core::vision::generated::SceneSpec::default(),
             )?;
             (t, Some(v))
         }

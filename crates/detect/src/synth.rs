@@ -1,52 +1,17 @@
-//! The built-in detection demo set, "shapes": the generated scenes of
-//! [`downstream_core::vision::scene`] exported as a COCO set (PNG images, `train.json`,
-//! `val.json`), written once under the data-set cache so that no download is needed.
-//!
-//! The set is built in a temporary folder and renamed into place
-//! ([`downstream_core::atomic::build_dir`]); its completion marker holds the generator version
-//! and the spec, so that a set from an older generator or another spec is rebuilt instead of
-//! mixed with new images.
+//! The built-in detection demo set, "shapes": core's generated scenes
+//! ([`downstream_core::vision::scene`]) exported as a COCO set: `train/*.png`, `val/*.png`,
+//! `train.json` and `val.json`, written once under the data-set cache
+//! ([`downstream_core::vision::generated`]) so that no download is needed.
 
-use std::fs::{self, File};
-use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use downstream_core::atomic;
-use downstream_core::vision::scene::{self, Split, SHAPES};
-use image::{ImageFormat, RgbImage};
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use anyhow::Result;
+use downstream_core::vision::generated::{self, Export, SceneSpec};
+use downstream_core::vision::io::save_png;
+use downstream_core::vision::scene::{self, Scene, Split, SHAPES};
+use image::RgbImage;
 
 use crate::data::{coco, Annotation, Category, DetectionSet, ImageRecord};
-
-/// Changes whenever the pictures change, so that sets on disk from an older generator are
-/// rebuilt instead of silently mixing with new ones.
-const GENERATOR: u32 = 1;
-
-/// Everything `ensure` may find in its folder; anything else means the folder is not ours.
-const OWN_NAMES: [&str; 5] = ["train", "val", "train.json", "val.json", atomic::COMPLETE];
-
-/// Sizes of the built-in set.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SynthSpec {
-    pub train: usize,
-    pub val: usize,
-    pub seed: u64,
-    /// Side of the square images, in pixels.
-    pub size: u32,
-}
-
-impl Default for SynthSpec {
-    fn default() -> Self {
-        Self {
-            train: 320,
-            val: 80,
-            seed: 0,
-            size: 224,
-        }
-    }
-}
 
 /// The shapes as COCO categories, ids from 1 in class order.
 pub fn categories() -> Vec<Category> {
@@ -60,83 +25,62 @@ pub fn categories() -> Vec<Category> {
         .collect()
 }
 
-#[derive(Serialize, Deserialize, PartialEq)]
-struct Marker {
-    generator: u32,
-    spec: SynthSpec,
+/// Objects as (category id, COCO `[x, y, w, h]`), in drawing order.
+pub type Boxes = Vec<(u64, [f64; 4])>;
+
+fn boxes(scene: &Scene) -> Boxes {
+    scene
+        .objects
+        .iter()
+        .map(|o| (o.class as u64 + 1, o.bbox))
+        .collect()
 }
 
-/// Writes (if not already complete) `dir/train/*.png`, `dir/val/*.png`, `dir/train.json` and
-/// `dir/val.json` (COCO, file names relative to `dir`); returns the paths of the two JSON
-/// files. Two processes must not build the same folder at the same time. An existing `dir` is
-/// replaced only if it holds nothing but what this function writes.
-pub fn ensure(dir: &Path, spec: &SynthSpec) -> Result<(PathBuf, PathBuf)> {
-    let paths = (dir.join("train.json"), dir.join("val.json"));
-    let stamp = serde_json::to_string_pretty(&Marker {
-        generator: GENERATOR,
-        spec: spec.clone(),
-    })?;
-    if atomic::completed(dir).as_deref() == Some(stamp.as_str()) {
-        return Ok(paths);
-    }
-    if spec.size < scene::MIN_SIZE {
-        bail!(
-            "synthetic images must be at least {} pixels wide, not {}",
-            scene::MIN_SIZE,
-            spec.size
-        );
-    }
-    if dir.exists() {
-        check_replaceable(dir)?;
-    }
-    atomic::build_dir(dir, &stamp, |root| build(root, spec))?;
-    Ok(paths)
+/// One image and its objects.
+pub fn render(spec: &SceneSpec, split: Split, index: usize) -> Result<(RgbImage, Boxes)> {
+    let scene = scene::render(spec.seed, spec.size, split, index)?;
+    let b = boxes(&scene);
+    Ok((scene.image, b))
 }
 
-fn check_replaceable(dir: &Path) -> Result<()> {
-    if !dir.is_dir() {
-        bail!(
-            "{} exists and is not a folder; refusing to replace it with the synthetic set",
-            dir.display()
-        );
-    }
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name();
-        if !OWN_NAMES.iter().any(|own| name == *own) {
-            bail!(
-                "{} holds `{}`, which the synthetic set did not write; refusing to replace it",
-                dir.display(),
-                name.to_string_lossy()
-            );
-        }
-    }
-    Ok(())
+fn file_name(split: Split, index: usize) -> String {
+    format!("{}/{index:06}.png", split.name())
 }
 
-fn build(root: &Path, spec: &SynthSpec) -> Result<()> {
-    for (split, count) in [(Split::Train, spec.train), (Split::Val, spec.val)] {
-        let folder = root.join(split.name());
-        fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-        let boxes: Vec<Boxes> = (0..count)
-            .into_par_iter()
-            .map(|index| -> Result<_> {
-                let (img, boxes) = render(spec, split, index)?;
-                write_png(&root.join(file_name(split, index)), &img)?;
-                Ok(boxes)
-            })
-            .collect::<Result<_>>()?;
-        if let Ok(d) = File::open(&folder) {
-            d.sync_all().ok();
-        }
+struct Coco {
+    size: u32,
+}
+
+impl Export for Coco {
+    type Record = Boxes;
+
+    fn kind(&self) -> &str {
+        "coco"
+    }
+
+    fn own_names(&self) -> &[&str] {
+        &["train", "val", "train.json", "val.json"]
+    }
+
+    fn scene(&self, root: &Path, split: Split, index: usize, scene: Scene) -> Result<Boxes> {
+        let b = boxes(&scene);
+        save_png(
+            &root.join(file_name(split, index)),
+            &image::DynamicImage::ImageRgb8(scene.image),
+        )?;
+        Ok(b)
+    }
+
+    fn split(&self, root: &Path, split: Split, records: Vec<Boxes>) -> Result<()> {
         let mut annotations = Vec::new();
-        let mut images = Vec::with_capacity(count);
-        for (index, objects) in boxes.into_iter().enumerate() {
+        let mut images = Vec::with_capacity(records.len());
+        for (index, objects) in records.into_iter().enumerate() {
             let image_id = index as u64 + 1;
             images.push(ImageRecord {
                 id: image_id,
                 file_name: file_name(split, index),
-                width: spec.size,
-                height: spec.size,
+                width: self.size,
+                height: self.size,
             });
             for (category_id, bbox) in objects {
                 annotations.push(Annotation::from_box(
@@ -158,42 +102,21 @@ fn build(root: &Path, spec: &SynthSpec) -> Result<()> {
             clipped: 0,
             image_sources: Default::default(),
         };
-        coco::save(&set, &json)?;
+        coco::save(&set, &json)
     }
-    Ok(())
 }
 
-fn file_name(split: Split, index: usize) -> String {
-    format!("{}/{index:06}.png", split.name())
-}
-
-/// Synced, so that a set renamed into place is on disk and not just in the page cache.
-fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)?;
-    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Objects as (category id, COCO `[x, y, w, h]`), in drawing order.
-pub type Boxes = Vec<(u64, [f64; 4])>;
-
-/// One image and its objects.
-pub fn render(spec: &SynthSpec, split: Split, index: usize) -> Result<(RgbImage, Boxes)> {
-    let scene = scene::render(spec.seed, spec.size, split, index)?;
-    let boxes = scene
-        .objects
-        .iter()
-        .map(|o| (o.class as u64 + 1, o.bbox))
-        .collect();
-    Ok((scene.image, boxes))
+/// Writes the set (if not already there) and returns the paths of `train.json` and `val.json`
+/// (COCO, file names relative to `dir`).
+pub fn ensure(dir: &Path, spec: &SceneSpec) -> Result<(PathBuf, PathBuf)> {
+    generated::ensure(dir, spec, &Coco { size: spec.size })?;
+    Ok((dir.join("train.json"), dir.join("val.json")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn mtime(p: &Path) -> std::time::SystemTime {
         fs::metadata(p).unwrap().modified().unwrap()
@@ -206,7 +129,7 @@ mod tests {
         let partial = tmp.path().join(".shapes.partial");
         fs::create_dir_all(partial.join("train")).unwrap();
         fs::write(partial.join("train/000000.png"), b"half-written").unwrap();
-        let small = SynthSpec {
+        let small = SceneSpec {
             train: 6,
             val: 3,
             seed: 5,
@@ -240,7 +163,7 @@ mod tests {
         let watched = [
             train_json.clone(),
             val_json.clone(),
-            dir.join(atomic::COMPLETE),
+            dir.join(downstream_core::atomic::COMPLETE),
             dir.join("train/000000.png"),
         ];
         let before: Vec<_> = watched.iter().map(|p| mtime(p)).collect();
@@ -255,7 +178,7 @@ mod tests {
     fn ensure_rebuilds_for_a_new_spec_and_leaves_foreign_folders_alone() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shapes");
-        let mut small = SynthSpec {
+        let mut small = SceneSpec {
             train: 2,
             val: 1,
             seed: 0,
@@ -265,8 +188,9 @@ mod tests {
         small.val = 3;
         let (_, val_json) = ensure(&dir, &small).unwrap();
         assert_eq!(coco::load(&val_json, None).unwrap().images.len(), 3);
-        let marker: Marker = serde_json::from_str(&atomic::completed(&dir).unwrap()).unwrap();
-        assert!(marker.spec == small && marker.generator == GENERATOR);
+        let stamp: serde_json::Value =
+            serde_json::from_str(&downstream_core::atomic::completed(&dir).unwrap()).unwrap();
+        assert_eq!(stamp["spec"]["val"], 3);
 
         let foreign = tmp.path().join("mine");
         fs::create_dir_all(&foreign).unwrap();
@@ -274,6 +198,6 @@ mod tests {
         let err = ensure(&foreign, &small).unwrap_err();
         assert!(format!("{err:#}").contains("notes.txt"), "{err:#}");
         assert_eq!(fs::read(foreign.join("notes.txt")).unwrap(), b"keep me");
-        assert!(ensure(&tmp.path().join("tiny"), &SynthSpec { size: 16, ..small }).is_err());
+        assert!(ensure(&tmp.path().join("tiny"), &SceneSpec { size: 16, ..small }).is_err());
     }
 }

@@ -66,7 +66,7 @@ impl Placement {
     }
 
     /// The window's extent in the input, `(w, h)`, at most `size`.
-    fn extent(&self, size: u32) -> (u32, u32) {
+    pub fn extent(&self, size: u32) -> (u32, u32) {
         let side = |v: u32| ((v as f64 * self.scale).round() as u32).clamp(1, size);
         (side(self.crop[2]), side(self.crop[3]))
     }

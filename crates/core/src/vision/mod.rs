@@ -5,6 +5,7 @@
 
 pub mod augment;
 pub mod draw;
+pub mod generated;
 pub mod input;
 pub mod io;
 pub mod mask;
