@@ -222,6 +222,14 @@ impl ParamStore {
         self.params.len()
     }
 
+    /// Where the parameters live (the CPU for an empty store).
+    pub fn device(&self) -> candle_core::Device {
+        self.iter()
+            .next()
+            .map(|p| p.tensor.device().clone())
+            .unwrap_or(candle_core::Device::Cpu)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
     }

@@ -106,16 +106,8 @@ impl Detector {
             input.clone(),
             self.backbone.patch_size(),
             self.class_index(),
-            &self.params_device(),
+            &self.params.device(),
         )
-    }
-
-    pub fn params_device(&self) -> Device {
-        self.params
-            .iter()
-            .next()
-            .map(|p| p.tensor().device().clone())
-            .unwrap_or(Device::Cpu)
     }
 
     fn head_input(features: &[&Features]) -> Result<Tensor> {

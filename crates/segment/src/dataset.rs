@@ -33,6 +33,9 @@ pub struct InputConfig {
     pub slide: Option<(usize, usize)>,
     /// Augmentations of training views.
     pub augment: AugmentPolicy,
+    /// Distinct views per training image (the plain one included) when the backbone is
+    /// frozen and its features are cached: each costs a backbone pass and its features' memory.
+    pub views: usize,
 }
 
 impl Default for InputConfig {
@@ -41,6 +44,7 @@ impl Default for InputConfig {
             size: 224,
             slide: None,
             augment: AugmentPolicy::default(),
+            views: 4,
         }
     }
 }
@@ -63,8 +67,11 @@ pub struct Target {
     pub labels: Vec<u32>,
     /// Pixels that count.
     pub labelled: usize,
-    /// The image's stored mask, whole, at its own resolution.
-    pub truth: Arc<GrayImage>,
+    /// The image's `(width, height)`.
+    pub image_size: (u32, u32),
+    /// The image's stored mask, whole, at its own resolution (absent for images only to be
+    /// predicted).
+    pub truth: Option<Arc<GrayImage>>,
 }
 
 /// A segmentation data set as engine examples.
@@ -72,6 +79,8 @@ pub struct SegmentationData {
     pub set: SegmentationSet,
     pub samples: Vec<Sample>,
     pub input: InputConfig,
+    /// `(width, height)` of each pair's image.
+    sizes: Vec<(u32, u32)>,
     /// Views > 0 are augmented (training); evaluation uses view 0.
     augment: bool,
     device: Device,
@@ -79,7 +88,13 @@ pub struct SegmentationData {
 
 impl SegmentationData {
     /// Examples of `set`; `augment` draws augmentations for views above 0.
-    pub fn new(set: SegmentationSet, input: InputConfig, patch: usize, augment: bool, device: &Device) -> Result<Self> {
+    pub fn new(
+        set: SegmentationSet,
+        input: InputConfig,
+        patch: usize,
+        augment: bool,
+        device: &Device,
+    ) -> Result<Self> {
         anyhow::ensure!(
             input.size > 0 && input.size.is_multiple_of(patch),
             "the input size {} must be a multiple of the patch size {patch}",
@@ -93,9 +108,11 @@ impl SegmentationData {
         }
         let size = input.size as u32;
         let mut samples = Vec::new();
+        let mut sizes = Vec::with_capacity(set.pairs.len());
         for (i, p) in set.pairs.iter().enumerate() {
             let (w, h) = image::image_dimensions(&p.image)
                 .with_context(|| format!("{}: unreadable image", p.image.display()))?;
+            sizes.push((w, h));
             let placements = match input.slide {
                 Some((crop, stride)) => {
                     Placement::tiles(w, h, crop as u32, (crop - stride) as u32, size)
@@ -113,6 +130,7 @@ impl SegmentationData {
             set,
             samples,
             input,
+            sizes,
             augment,
             device: device.clone(),
         })
@@ -150,7 +168,19 @@ impl Dataset for SegmentationData {
     fn target(&self, index: usize, view: u64) -> Result<Target> {
         let sample = &self.samples[index];
         let pair = &self.set.pairs[sample.pair];
-        let stored = open_mask(&pair.mask)?.labels;
+        let image_size = self.sizes[sample.pair];
+        let Some(path) = &pair.mask else {
+            // Nothing to learn from: every pixel ignored.
+            let n = self.input.size * self.input.size;
+            return Ok(Target {
+                sample: sample.clone(),
+                labels: vec![IGNORED; n],
+                labelled: 0,
+                image_size,
+                truth: None,
+            });
+        };
+        let stored = open_mask(path)?.labels;
         let rules = self.rules();
         let size = self.input.size as u32;
         // Padding takes the ignore index, so that it counts for nothing.
@@ -166,14 +196,15 @@ impl Dataset for SegmentationData {
             sample: sample.clone(),
             labels,
             labelled,
-            truth: Arc::new(stored),
+            image_size,
+            truth: Some(Arc::new(stored)),
         })
     }
 
-    /// Eight augmented views besides the plain one, when features are cached.
+    /// With features cached, augmented views are limited to `input.views`.
     fn cached_views(&self) -> u64 {
         if self.augment {
-            9
+            self.input.views.max(1) as u64
         } else {
             1
         }

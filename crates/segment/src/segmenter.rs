@@ -132,7 +132,10 @@ impl Task for Segmenter {
 
     fn loss(&self, features: &[&Features], targets: &[&Target]) -> Result<Tensor> {
         let logits = self.logits(features)?;
-        let labels: Vec<u32> = targets.iter().flat_map(|t| t.labels.iter().copied()).collect();
+        let labels: Vec<u32> = targets
+            .iter()
+            .flat_map(|t| t.labels.iter().copied())
+            .collect();
         let labels = Tensor::from_vec(
             labels,
             (targets.len(), self.size, self.size),

@@ -44,7 +44,8 @@ const OUTLINE_PX: i64 = 2;
 // arithmetic on them far from overflow whatever a diverged model predicts.
 const COORD_LIMIT: f64 = 1e9;
 
-fn colour(class: usize) -> Rgb<u8> {
+/// The drawing colour of class `class`.
+pub fn colour(class: usize) -> Rgb<u8> {
     Rgb(PALETTE[class % PALETTE.len()])
 }
 
@@ -249,6 +250,71 @@ pub fn annotate_file(src: &Path, dst: &Path, boxes: &[Labelled]) -> Result<()> {
     super::io::save_png(dst, &image::DynamicImage::ImageRgb8(image))
 }
 
+/// `image` with every pixel of a class mask tinted in its class's colour (`alpha` of the
+/// colour over the picture, so the image stays visible); labels without a colour, or equal to
+/// `untinted` (a background class), leave the picture as it is.
+pub fn overlay(
+    image: &RgbImage,
+    labels: &image::GrayImage,
+    colours: &[Rgb<u8>],
+    alpha: f32,
+    untinted: Option<u8>,
+) -> RgbImage {
+    let mut out = image.clone();
+    for (p, l) in out.pixels_mut().zip(labels.pixels()) {
+        let label = l.0[0];
+        if Some(label) == untinted {
+            continue;
+        }
+        if let Some(c) = colours.get(label as usize) {
+            for k in 0..3 {
+                p.0[k] = (p.0[k] as f32 * (1.0 - alpha) + c.0[k] as f32 * alpha).round() as u8;
+            }
+        }
+    }
+    out
+}
+
+/// `image` with a legend panel on its right: a swatch of each colour beside its name, one
+/// entry a line, in the order given.
+pub fn with_legend(image: &RgbImage, entries: &[(String, Rgb<u8>)]) -> RgbImage {
+    let px = text_px(image.width(), image.height());
+    let scale = PxScale::from(px);
+    let line = (px * 1.5).ceil() as u32;
+    let pad = (px / 2.0).ceil() as u32;
+    let swatch = (px * 0.9).round() as u32;
+    let text_w = entries
+        .iter()
+        .map(|(name, _)| text_size(scale, font(), name).0)
+        .max()
+        .unwrap_or(0);
+    let panel_w = pad * 3 + swatch + text_w;
+    let height = image.height().max(pad * 2 + line * entries.len() as u32);
+    let mut out = RgbImage::from_pixel(image.width() + panel_w, height, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, image, 0, 0);
+    let x0 = image.width() + pad;
+    for (i, (name, c)) in entries.iter().enumerate() {
+        let y = pad + line * i as u32;
+        let sy = y + (line - swatch) / 2;
+        draw_filled_rect_mut(
+            &mut out,
+            ImRect::at(x0 as i32, sy as i32).of_size(swatch, swatch),
+            *c,
+        );
+        let ty = y + (line.saturating_sub(text_size(scale, font(), name).1)) / 2;
+        draw_text_mut(
+            &mut out,
+            Rgb([0, 0, 0]),
+            (x0 + swatch + pad) as i32,
+            ty as i32,
+            scale,
+            font(),
+            name,
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,5 +509,39 @@ mod tests {
         let err = annotate_file(&src, &dst, &[]).unwrap_err();
         assert!(format!("{err:#}").contains("no-such-image.png"), "{err:#}");
         assert!(!dst.exists());
+    }
+
+    #[test]
+    fn an_overlay_tints_classes_and_a_legend_names_them() {
+        let image = RgbImage::from_pixel(40, 30, GREY);
+        let labels = image::GrayImage::from_fn(40, 30, |x, _| image::Luma([(x / 10) as u8]));
+        let colours = [colour(0), colour(1), colour(2)];
+        let out = overlay(&image, &labels, &colours, 0.5, Some(0));
+        assert_eq!(*out.get_pixel(5, 5), GREY, "the untinted class");
+        assert_eq!(*out.get_pixel(35, 5), GREY, "a label without a colour");
+        let mixed = out.get_pixel(15, 5);
+        for k in 0..3 {
+            let want = ((GREY.0[k] as f32 + colour(1).0[k] as f32) / 2.0).round() as u8;
+            assert_eq!(mixed.0[k], want);
+        }
+        let names = ["background", "circle", "square"];
+        let entries: Vec<_> = names
+            .iter()
+            .zip(colours)
+            .map(|(n, c)| (n.to_string(), c))
+            .collect();
+        let with = with_legend(&out, &entries);
+        assert!(with.width() > out.width() + 40 && with.height() >= out.height());
+        // The picture is kept, and every swatch colour appears in the panel.
+        assert_eq!(*with.get_pixel(15, 5), *mixed);
+        for c in colours {
+            assert!((out.width()..with.width())
+                .any(|x| (0..with.height()).any(|y| *with.get_pixel(x, y) == c)));
+        }
+        let dark = (out.width()..with.width())
+            .flat_map(|x| (0..with.height()).map(move |y| (x, y)))
+            .filter(|&(x, y)| with.get_pixel(x, y).0.iter().all(|&v| v < 80))
+            .count();
+        assert!(dark > 30, "no legend text ({dark} dark pixels)");
     }
 }

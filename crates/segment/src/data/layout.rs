@@ -114,9 +114,17 @@ fn pair_up(images: &Path, masks: &Path, names: Option<Vec<String>>) -> Result<Ve
                 .remove(&name)
                 .with_context(|| format!("no image `{name}` in {}", images.display()))?;
             let mask = msks.remove(&name).with_context(|| {
-                format!("{}: no mask `{name}.png` in {}", image.display(), masks.display())
+                format!(
+                    "{}: no mask `{name}.png` in {}",
+                    image.display(),
+                    masks.display()
+                )
             })?;
-            Ok(Pair { name, image, mask })
+            Ok(Pair {
+                name,
+                image,
+                mask: Some(mask),
+            })
         })
         .collect()
 }
@@ -153,11 +161,15 @@ pub fn read(dir: &Path, split: Split) -> Result<Found> {
             Split::Train => "train.txt",
             Split::Val => "val.txt",
         });
-        let text =
-            std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("reading {}", list.display()))?;
         let names = text.split_whitespace().map(String::from).collect();
         return Ok(Found {
-            pairs: pair_up(&dir.join("JPEGImages"), &dir.join("SegmentationClass"), Some(names))?,
+            pairs: pair_up(
+                &dir.join("JPEGImages"),
+                &dir.join("SegmentationClass"),
+                Some(names),
+            )?,
             classes: Some(VOC_CLASSES.map(String::from).to_vec()),
             palette: Some(voc_palette()),
             reduce_zero_label: false,

@@ -23,13 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::metric::confusion::LabelRules;
 
-/// One image and its mask.
+/// One image and its mask (absent for images only to be predicted).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pair {
     /// The file stem both share, which names predictions too.
     pub name: String,
     pub image: PathBuf,
-    pub mask: PathBuf,
+    pub mask: Option<PathBuf>,
 }
 
 /// How the labels of a data set are read; the `[labels]` section of a run's configuration.
@@ -88,14 +88,18 @@ impl SegmentationSet {
             .pairs
             .par_iter()
             .map(|p| {
-                let mask = open_mask(&p.mask)?;
+                let path = p
+                    .mask
+                    .as_ref()
+                    .with_context(|| format!("{}: no mask", p.image.display()))?;
+                let mask = open_mask(path)?;
                 let image = image::image_dimensions(&p.image)
                     .with_context(|| format!("{}: unreadable image", p.image.display()))?;
                 let dims = mask.labels.dimensions();
                 if dims != image {
                     bail!(
                         "{}: the mask is {}x{}, its image {} is {}x{}",
-                        p.mask.display(),
+                        path.display(),
                         dims.0,
                         dims.1,
                         p.image.display(),
@@ -138,7 +142,7 @@ impl SegmentationSet {
             {
                 bail!(
                     "{}: label {label} is not a class (0 to {}) nor the ignore index {}",
-                    p.mask.display(),
+                    p.mask.as_ref().expect("checked").display(),
                     num_classes - 1,
                     labels.ignore_index
                 );
@@ -148,7 +152,7 @@ impl SegmentationSet {
                 if own[..n] != declared[..n] {
                     bail!(
                         "{}: its palette is not the one the data set declares",
-                        p.mask.display()
+                        p.mask.as_ref().expect("checked").display()
                     );
                 }
             }
@@ -164,6 +168,28 @@ impl SegmentationSet {
             palette: found.palette,
             rules,
         })
+    }
+
+    /// Images without masks, to be predicted, named by their stems.
+    pub fn images_only(files: &[PathBuf], classes: Vec<String>, rules: LabelRules) -> Self {
+        let pairs = files
+            .iter()
+            .map(|f| Pair {
+                name: f
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                image: f.clone(),
+                mask: None,
+            })
+            .collect();
+        Self {
+            source: PathBuf::from("the images given"),
+            pairs,
+            classes,
+            palette: None,
+            rules,
+        }
     }
 
     /// The pairs at `keep`, in order.

@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use downstream_core::nn::interpolate::resize_bilinear;
 use downstream_core::train::{Metric, Metrics};
 use image::GrayImage;
-use ndarray::{s, Array2, Array3, ArrayView2, Axis};
+use ndarray::{s, Array2, Array3, ArrayView2};
 
 use super::confusion::{Confusion, LabelRules, SegStats};
 use crate::dataset::Target;
@@ -24,7 +24,7 @@ pub struct Assembled {
     /// Index of the pair in the data set.
     pub pair: usize,
     pub classes: Array2<u32>,
-    pub truth: Arc<GrayImage>,
+    pub truth: Option<Arc<GrayImage>>,
 }
 
 struct Pending {
@@ -33,7 +33,7 @@ struct Pending {
     seen: usize,
     /// `[K, H, W]` summed logits.
     sum: Array3<f32>,
-    truth: Arc<GrayImage>,
+    truth: Option<Arc<GrayImage>>,
 }
 
 /// Gathers examples into whole-image predictions.
@@ -99,7 +99,7 @@ impl Assembler {
                 sample.pair
             ),
             None => {
-                let (w, h) = target.truth.dimensions();
+                let (w, h) = target.image_size;
                 self.pending.insert(Pending {
                     pair: sample.pair,
                     parts: sample.parts,
@@ -128,7 +128,12 @@ impl Assembler {
     /// Fails if an image is still missing windows.
     pub fn finish(self) -> Result<()> {
         if let Some(p) = self.pending {
-            bail!("image {} ended with {} of {} windows", p.pair, p.seen, p.parts);
+            bail!(
+                "image {} ended with {} of {} windows",
+                p.pair,
+                p.seen,
+                p.parts
+            );
         }
         Ok(())
     }
@@ -168,8 +173,10 @@ impl Metric for SegMetric {
     fn add(&mut self, outputs: Vec<Tensor>, targets: &[&Target]) -> Result<()> {
         for (logits, target) in outputs.iter().zip(targets) {
             if let Some(done) = self.assembler.add(logits, target)? {
-                self.confusion
-                    .add(mask_view(&done.truth), done.classes.view())?;
+                let truth = done
+                    .truth
+                    .context("an image without a mask cannot be evaluated")?;
+                self.confusion.add(mask_view(&truth), done.classes.view())?;
             }
         }
         Ok(())
@@ -193,10 +200,11 @@ mod tests {
     fn the_largest_class_wins_at_each_pixel() {
         let scores = Array3::from_shape_vec(
             (3, 1, 2),
-            vec![0.1, 5.0, /* class 1 */ 0.7, -1.0, /* class 2 */ 0.2, 4.9],
+            vec![
+                0.1, 5.0, /* class 1 */ 0.7, -1.0, /* class 2 */ 0.2, 4.9,
+            ],
         )
         .unwrap();
         assert_eq!(argmax(&scores).into_raw_vec_and_offset().0, vec![1, 0]);
-        let _ = Axis(0);
     }
 }

@@ -73,7 +73,11 @@ impl Confusion {
     }
 
     /// Adds one image: stored labels and predicted classes of the same shape.
-    pub fn add(&mut self, labels: ArrayView2<u8>, predicted: ArrayView2<u32>) -> anyhow::Result<()> {
+    pub fn add(
+        &mut self,
+        labels: ArrayView2<u8>,
+        predicted: ArrayView2<u32>,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             labels.dim() == predicted.dim(),
             "a prediction of {:?} pixels for a mask of {:?}",
@@ -95,10 +99,11 @@ impl Confusion {
 
     /// Stored labels at or above the class count that are not ignored: an error in the data.
     pub fn out_of_range(&self, labels: ArrayView2<u8>) -> Option<u8> {
-        labels
-            .iter()
-            .copied()
-            .find(|&l| self.rules.class_of(l).is_some_and(|c| c >= self.rules.num_classes))
+        labels.iter().copied().find(|&l| {
+            self.rules
+                .class_of(l)
+                .is_some_and(|c| c >= self.rules.num_classes)
+        })
     }
 
     /// Adds another matrix of the same rules.

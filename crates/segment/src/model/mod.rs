@@ -28,7 +28,7 @@ pub enum DecoderKind {
     Progressive,
 }
 
-struct Stage {
+pub struct Stage {
     conv: Conv3x3,
     norm: LayerNorm,
 }
@@ -132,7 +132,12 @@ impl Decoder {
                 for s in stages {
                     let y = ops::gelu(&s.norm.forward(&s.conv.forward(&x)?)?)?;
                     let (_, h, w, _) = y.dims4()?;
-                    x = channels_last(&resize_bilinear(&channels_first(&y)?, 2 * h, 2 * w, false)?)?;
+                    x = channels_last(&resize_bilinear(
+                        &channels_first(&y)?,
+                        2 * h,
+                        2 * w,
+                        false,
+                    )?)?;
                 }
                 channels_first(&classify.forward(&x)?)?
             }
