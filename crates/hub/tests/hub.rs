@@ -80,7 +80,8 @@ fn copy_manifest(sha256: String) -> Manifest {
         source: Source {
             package: "fake".into(),
             version: "1.0".into(),
-            wheel: "fake-1.0-py3-none-any.whl".into(),
+            client: downstream_hub::manifest::Client::Pip,
+            file: "fake-1.0-py3-none-any.whl".into(),
             sha256,
             bytes: 0,
         },
@@ -129,6 +130,66 @@ fn a_verified_wheel_is_unpacked_once_into_the_cache() {
     std::fs::remove_dir_all(wheels.path()).unwrap();
     let again = downstream_hub::cache::ensure_from(&m, root.path(), Some(wheels.path())).unwrap();
     assert_eq!(again, dir);
+}
+
+/// A Debian package (built with `dpkg-deb`) holding `usr/share/fake/{a.txt,b.bin}`.
+fn fake_deb(dir: &Path, name: &str) -> Vec<u8> {
+    let tree = tempfile::tempdir().unwrap();
+    let files = tree.path().join("usr/share/fake");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("a.txt"), b"raw data").unwrap();
+    std::fs::write(files.join("b.bin"), [1u8, 2, 3]).unwrap();
+    std::fs::create_dir_all(tree.path().join("DEBIAN")).unwrap();
+    std::fs::write(
+        tree.path().join("DEBIAN/control"),
+        "Package: fake-data\nVersion: 1.0-1\nArchitecture: all\nMaintainer: nobody <n@example.org>\nDescription: test data\n",
+    )
+    .unwrap();
+    let path = dir.join(name);
+    let status = std::process::Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(tree.path())
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("dpkg-deb runs");
+    assert!(status.success());
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn a_verified_debian_package_is_unpacked_and_its_files_copied() {
+    let packages = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let bytes = fake_deb(packages.path(), "fake-data_1.0-1_all.deb");
+    let m = Manifest {
+        name: "fake-data".into(),
+        family: "segmentation".into(),
+        summary: "a test data set".into(),
+        licence: "MIT".into(),
+        source: Source {
+            client: downstream_hub::manifest::Client::Apt,
+            package: "fake-data".into(),
+            version: "1.0-1".into(),
+            file: "fake-data_1.0-1_all.deb".into(),
+            sha256: hex(&bytes),
+            bytes: bytes.len() as u64,
+        },
+        convert: Convert::Copy {
+            from: "usr/share/fake/".into(),
+            files: vec!["a.txt".into(), "b.bin".into()],
+        },
+    };
+    let dir = downstream_hub::cache::ensure_from(&m, root.path(), Some(packages.path())).unwrap();
+    assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"raw data");
+    assert_eq!(std::fs::read(dir.join("b.bin")).unwrap(), [1, 2, 3]);
+    // Only the converted folder and the lock remain: the unpacked package is gone.
+    let mut left: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".fake-data.lock", "fake-data"]);
 }
 
 fn init(name: &str, dims: &[usize], f: impl Fn(usize) -> f32) -> TensorProto {
