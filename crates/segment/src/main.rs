@@ -64,7 +64,7 @@ enum Command {
     Train {
         #[command(
             flatten,
-            next_help_heading = "Data (images/ + masks/, Pascal VOC or ADE20K folder)"
+            next_help_heading = "Data (images/ + masks/, Pascal VOC or ADE20K folder, brain-mri, fashion-scenes)"
         )]
         data: DataArgs,
         #[command(flatten, next_help_heading = "Labels")]
@@ -98,6 +98,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch and prepare a named data set (brain-mri, fashion-scenes) into datasets/cache/.
+    Fetch { name: String },
     /// Predict masks for images (files or folders): mask PNGs and overlays with a legend.
     Predict {
         /// A run folder (runs/segment/NAME).
@@ -279,6 +281,18 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval { .. } => {
             anyhow::bail!("eval needs either --run DIR or --gt DIR --pred DIR --num-classes N")
+        }
+        Command::Fetch { name } => {
+            let (train, val) = match name.as_str() {
+                segment::data::brain::NAME => segment::data::brain::ensure()?,
+                segment::data::fashion::NAME => segment::data::fashion::ensure()?,
+                other => anyhow::bail!(
+                    "unknown data set `{other}`: known: {}, {}",
+                    segment::data::brain::NAME,
+                    segment::data::fashion::NAME
+                ),
+            };
+            println!("{name}: {} and {}", train.display(), val.display());
         }
         Command::Predict { run, out, images } => {
             let device = Device::Cpu;

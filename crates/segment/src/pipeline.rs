@@ -16,6 +16,7 @@ use image::{GrayImage, Rgb};
 use serde::{Deserialize, Serialize};
 
 use crate::data::layout::{self, Split};
+use crate::data::{brain, fashion};
 use crate::data::{LabelConfig, SegmentationSet};
 use crate::dataset::{InputConfig, SegmentationData};
 use crate::metric::accumulate::{mask_view, Assembled, Assembler};
@@ -113,6 +114,15 @@ pub fn load_data(
     labels: &LabelConfig,
 ) -> Result<(SegmentationSet, SegmentationSet)> {
     let (train_dir, val_dir) = match &data.train {
+        // Named data sets, prepared on first use.
+        Some(p) if !p.exists() && p.as_os_str() == brain::NAME => {
+            let (t, v) = brain::ensure()?;
+            (t, data.val.clone().or(Some(v)))
+        }
+        Some(p) if !p.exists() && p.as_os_str() == fashion::NAME => {
+            let (t, v) = fashion::ensure()?;
+            (t, data.val.clone().or(Some(v)))
+        }
         Some(p) => (p.clone(), data.val.clone()),
         None => {
             let (dir, spec) = builtin();

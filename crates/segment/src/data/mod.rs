@@ -12,6 +12,8 @@
 //! the class count that is not the ignore index, a palette that is not the one the data set
 //! declares.
 
+pub mod brain;
+pub mod fashion;
 pub mod layout;
 
 use std::path::{Path, PathBuf};
