@@ -83,9 +83,29 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         }
     };
     let train = data::load(&train_path)?;
-    if let Some(v) = val_path {
-        return Ok((train, data::load(&v)?));
-    }
+    let (train, val) = match val_path {
+        Some(v) => (train, data::load(&v)?),
+        None => holdout_split(&train, cfg)?,
+    };
+    // Whole images are kept or dropped, in id order.
+    let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
+    ids.sort_unstable();
+    let train = match cfg.kept(ids.len()) {
+        Some(keep) => {
+            let kept: std::collections::HashSet<u64> = ids
+                .iter()
+                .zip(keep)
+                .filter_map(|(&id, k)| k.then_some(id))
+                .collect();
+            subset(&train, &kept, true)
+        }
+        None => train,
+    };
+    Ok((train, val))
+}
+
+/// The training set less every k-th image (by id), and those images to validate.
+fn holdout_split(train: &DetectionSet, cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
     // Images held out in id order, so that the split does not depend on file order.
     let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
     ids.sort_unstable();
@@ -95,8 +115,8 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         .zip(held)
         .filter_map(|(&id, h)| h.then_some(id))
         .collect();
-    let val = subset(&train, &val_ids, true);
-    Ok((subset(&train, &val_ids, false), val))
+    let val = subset(train, &val_ids, true);
+    Ok((subset(train, &val_ids, false), val))
 }
 
 /// What a finished training run reports.

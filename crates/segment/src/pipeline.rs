@@ -142,17 +142,21 @@ pub fn load_data(
         None if layout::has_splits(&train_dir) => Some(train_dir.clone()),
         None => None,
     };
-    match val_source {
+    let (train, val) = match val_source {
         Some(v) => {
             let mut val = SegmentationSet::validate(&v, layout::read(&v, Split::Val)?, &same)?;
             val.classes = train.classes.clone();
-            Ok((train, val))
+            (train, val)
         }
         None => {
             let held = holdout(train.pairs.len(), data.holdout_fraction()?);
             let val = train.select(|i| held[i]);
-            Ok((train.select(|i| !held[i]), val))
+            (train.select(|i| !held[i]), val)
         }
+    };
+    match data.kept(train.pairs.len()) {
+        Some(keep) => Ok((train.select(|i| keep[i]), val)),
+        None => Ok((train, val)),
     }
 }
 

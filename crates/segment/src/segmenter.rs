@@ -26,12 +26,16 @@ pub struct ModelConfig {
     pub feature_block: Option<usize>,
 }
 
+/// The defaults are the best of the measured choices (README, `segment`): the progressive
+/// decoder on the output of block 8, the ninth of DINOv2-S's twelve (on brain-mri, frozen,
+/// mIoU 65.0 against 51.2 for the linear decoder there and 51.3 for the progressive decoder on
+/// the final output). A backbone of fewer blocks needs `feature_block` set.
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            decoder: DecoderKind::Linear,
+            decoder: DecoderKind::Progressive,
             width: 64,
-            feature_block: None,
+            feature_block: Some(8),
         }
     }
 }

@@ -84,6 +84,8 @@ fn config(train: PathBuf, mode: Freeze) -> SegmentConfig {
     };
     cfg.input.size = 48;
     cfg.input.views = 2;
+    // The tiny backbone has blocks 0 to 2.
+    cfg.model.feature_block = Some(1);
     cfg
 }
 

@@ -189,9 +189,27 @@ pub struct DataConfig {
     /// Validation data in the same forms; if absent, `val_fraction` of the training data.
     pub val: Option<PathBuf>,
     pub val_fraction: Option<f64>,
+    /// Train on this many of the training examples: the first of a permutation fixed by
+    /// `subset_seed`, so that growing limits give nested subsets (data-size studies).
+    pub train_limit: Option<usize>,
+    pub subset_seed: u64,
 }
 
 impl DataConfig {
+    /// Which of `n` training items to keep under `train_limit`, in their original order
+    /// (`None`: all of them).
+    pub fn kept(&self, n: usize) -> Option<Vec<bool>> {
+        let limit = self.train_limit?;
+        let mut keep = vec![false; n];
+        for i in super::rng::epoch_order(self.subset_seed, 0, n)
+            .into_iter()
+            .take(limit)
+        {
+            keep[i] = true;
+        }
+        Some(keep)
+    }
+
     /// The share of the training data held out when no validation set is given (default 0.2).
     pub fn holdout_fraction(&self) -> Result<f64> {
         let f = self.val_fraction.unwrap_or(0.2);
@@ -219,6 +237,9 @@ pub struct DataArgs {
     /// Validation data (default: a share of the training data, `val_fraction`).
     #[arg(long)]
     pub val: Option<PathBuf>,
+    /// Train on N of the training examples (a fixed selection; growing N gives nested sets).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
 }
 
 impl DataArgs {
@@ -228,6 +249,9 @@ impl DataArgs {
         }
         if self.val.is_some() {
             cfg.val = self.val.clone();
+        }
+        if self.train_limit.is_some() {
+            cfg.train_limit = self.train_limit;
         }
     }
 }
@@ -478,6 +502,7 @@ mod tests {
         let data = DataArgs {
             data: Some("here".into()),
             val: None,
+            train_limit: None,
         };
         let cfg: Whole = resolve(&args, &fresh, dir.path(), |c: &mut Whole| {
             data.apply(&mut c.data)
@@ -516,5 +541,17 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.holdout_fraction().is_err());
+        // Limits give nested subsets of the asked size.
+        let limited = |k| DataConfig {
+            train_limit: Some(k),
+            subset_seed: 4,
+            ..Default::default()
+        };
+        let small = limited(3).kept(20).unwrap();
+        let large = limited(9).kept(20).unwrap();
+        assert_eq!(small.iter().filter(|&&k| k).count(), 3);
+        assert_eq!(large.iter().filter(|&&k| k).count(), 9);
+        assert!(small.iter().zip(&large).all(|(s, l)| !s || *l));
+        assert_eq!(DataConfig::default().kept(5), None);
     }
 }

