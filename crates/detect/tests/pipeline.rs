@@ -64,6 +64,7 @@ fn config(train: PathBuf, mode: Freeze) -> DetectConfig {
             train: Some(train),
             val: None,
             val_fraction: Some(0.25),
+            ..DataConfig::default()
         },
         train: TrainConfig {
             backbone: tiny_backbone(),
