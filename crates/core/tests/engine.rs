@@ -278,6 +278,7 @@ fn layer_decay_and_weight_decay_go_to_the_right_parameters() {
         AdamWConfig {
             layer_decay: 0.5,
             weight_decay: 0.1,
+            backbone_lr_scale: 1.0,
             ..Default::default()
         },
     )
@@ -518,6 +519,7 @@ fn a_head_reading_an_intermediate_block_trains_exactly_the_blocks_below_it() {
         &full.params,
         AdamWConfig {
             layer_decay: 0.5,
+            backbone_lr_scale: 1.0,
             ..Default::default()
         },
     )

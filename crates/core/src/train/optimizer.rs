@@ -27,6 +27,12 @@ pub struct AdamWConfig {
     pub backbone_lr_scale: f64,
 }
 
+/// The defaults are the recipe that works for fine-tuning a pretrained backbone with a new
+/// head: the backbone at 0.05 times the head's rate, each block below at 0.8 times the one
+/// above. At the head's own rate, full fine-tuning wrecked the pretrained weights: on a small
+/// real detection set (21 microscopy crops, 175 boxes) it scored below training from random
+/// weights (AP50 0.782 against 0.793, and 0.893 with this recipe). A backbone trained from
+/// random weights wants a larger share (`backbone_lr_scale` 0.25 to 1).
 impl Default for AdamWConfig {
     fn default() -> Self {
         Self {
@@ -34,8 +40,8 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.05,
-            layer_decay: 1.0,
-            backbone_lr_scale: 1.0,
+            layer_decay: 0.8,
+            backbone_lr_scale: 0.05,
         }
     }
 }
@@ -277,6 +283,7 @@ mod tests {
         let cfg = AdamWConfig {
             weight_decay: 0.1,
             layer_decay: 0.5,
+            backbone_lr_scale: 1.0,
             ..Default::default()
         };
         let mut opt = AdamW::new(&params, cfg).unwrap();
@@ -319,6 +326,15 @@ mod tests {
             }
         }
         assert_eq!(opt.steps_taken(), 3);
+    }
+
+    #[test]
+    fn the_default_is_the_fine_tuning_recipe() {
+        let c = AdamWConfig::default();
+        assert_eq!((c.backbone_lr_scale, c.layer_decay), (0.05, 0.8));
+        // The block just below the head learns at 0.05 x 0.8 of the head's rate.
+        assert!((lr_scale(12, 13, &c) - 0.04).abs() < 1e-12);
+        assert_eq!(lr_scale(13, 13, &c), 1.0);
     }
 
     #[test]
