@@ -854,3 +854,34 @@ fn dropout_changes_training_but_not_evaluation() {
     let b = evaluate(&with, &Images::new(6), 3, None, true).unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_step_budget_ends_the_run_mid_epoch_with_an_evaluation() {
+    // 10 examples in batches of 4: 3 steps an epoch; 7 steps end one step into epoch 3.
+    let cfg = TrainConfig {
+        steps: Some(7),
+        ..config(Freeze::Frozen)
+    };
+    let task = Classify::new(Freeze::Frozen);
+    let dir = tempfile::tempdir().unwrap();
+    let report = fit(
+        &task,
+        &Images::new(10),
+        Some(&Images::new(4)),
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
+    assert!(report.finished);
+    assert_eq!(report.steps, 7);
+    let evals: Vec<u64> = read_records(&dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Eval(e) => Some(e.step),
+            Record::Step(_) => None,
+        })
+        .collect();
+    assert_eq!(evals, [3, 6, 7]);
+}

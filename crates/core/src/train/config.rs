@@ -21,6 +21,9 @@ pub struct TrainConfig {
     /// `frozen`, `full` or `partial:N`.
     pub mode: Freeze,
     pub epochs: usize,
+    /// Train for exactly this many optimizer steps instead of `epochs` (the epochs follow; the
+    /// last may be cut short): an equal budget across data-set sizes.
+    pub steps: Option<u64>,
     /// Examples per optimizer step.
     pub batch: usize,
     /// Examples per forward/backward pass; gradients of `batch / micro_batch` passes are
@@ -61,6 +64,7 @@ impl Default for TrainConfig {
             backbone: crate::backbone::DEFAULT_VISION.into(),
             mode: Freeze::Frozen,
             epochs: 10,
+            steps: None,
             batch: 16,
             micro_batch: None,
             lr: 1e-3,
@@ -92,6 +96,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.batch > 0, "batch must be at least 1");
         anyhow::ensure!(self.epochs > 0, "epochs must be at least 1");
+        anyhow::ensure!(self.steps != Some(0), "steps must be at least 1");
         anyhow::ensure!(
             self.lr > 0.0 && self.lr.is_finite(),
             "lr must be a positive number"
@@ -133,6 +138,9 @@ pub struct TrainArgs {
     pub mode: Option<Freeze>,
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Train for exactly N optimizer steps (instead of --epochs).
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Examples per optimizer step.
     #[arg(long)]
     pub batch: Option<usize>,
@@ -331,6 +339,7 @@ impl TrainArgs {
             eval_every
         );
         set_some!(
+            steps,
             micro_batch,
             warmup_steps,
             clip_norm,

@@ -256,7 +256,12 @@ where
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
-    let total_steps = steps_per_epoch * cfg.epochs as u64;
+    // A budget of steps sets the epochs; its last epoch may be cut short.
+    let epochs = match cfg.steps {
+        Some(s) => s.div_ceil(steps_per_epoch) as usize,
+        None => cfg.epochs,
+    };
+    let total_steps = cfg.steps.unwrap_or(steps_per_epoch * epochs as u64);
     let schedule = WarmupCosine {
         base_lr: cfg.lr,
         warmup_steps: cfg
@@ -335,12 +340,13 @@ where
     let mut steps_this_run = 0u64;
     let mut stopped_early = false;
 
-    while !run.state.finished && run.state.epoch < cfg.epochs {
+    while !run.state.finished && run.state.epoch < epochs {
         let epoch = run.state.epoch;
         let order = rng::epoch_order(cfg.seed, epoch, train.len());
         let batches: Vec<Vec<Key>> = order
             .chunks(cfg.batch)
             .skip(run.state.batch)
+            .take(total_steps.saturating_sub(run.state.step) as usize)
             .map(|b| {
                 b.iter()
                     .map(|&i| (i, rng::view(cfg.seed, epoch, i, views)))
@@ -348,7 +354,7 @@ where
             })
             .collect();
         run.progress
-            .start_epoch(epoch, cfg.epochs, steps_per_epoch, run.state.batch as u64);
+            .start_epoch(epoch, epochs, steps_per_epoch, run.state.batch as u64);
         let need = |k: &Key| !train_cache.contains(*k);
         let first_batch = run.state.batch;
         let result = prefetched(train, batches, &need, |i, mut loaded| {
@@ -429,7 +435,7 @@ where
         }
         run.state.epoch += 1;
         run.state.batch = 0;
-        let last_epoch = run.state.epoch == cfg.epochs;
+        let last_epoch = run.state.epoch == epochs || run.state.step >= total_steps;
         let due = run.state.epoch.is_multiple_of(cfg.eval_every) || last_epoch;
         let already = run.last_eval_step == Some(run.state.step);
         if let Some(val) = validation.as_ref().filter(|_| due && !already) {
