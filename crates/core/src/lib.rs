@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod grad;
+pub mod hash;
 pub mod memory;
 pub mod nn;
 pub mod params;

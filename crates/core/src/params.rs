@@ -176,7 +176,9 @@ impl ParamStore {
         if self.params.contains_key(name) {
             bail!("parameter `{name}` is defined twice");
         }
-        let tensor = tensor.to_dtype(DType::F32)?;
+        // Detached first, so that a tensor that is already some model's variable (a warm
+        // start copying one layer into another) becomes a new variable, not a shared one.
+        let tensor = tensor.to_dtype(DType::F32)?.detach();
         let (tensor, var) = if trainable {
             let var = Var::from_tensor(&tensor)?;
             (var.as_tensor().clone(), Some(var))
@@ -252,10 +254,41 @@ impl ParamStore {
     }
 }
 
-/// Tensors read from one or more safetensors files, with a name prefix stripped if present.
+/// Tensors read from one or more safetensors files, with a name prefix stripped if present;
+/// or, for a layer built new, made on demand with Hugging Face's initialisation
+/// ([`WeightFile::fresh`]). Both go through [`WeightFile::take`], so one loading path builds a
+/// layer from pretrained weights, from fresh ones, or from a mix (a warm start that copies
+/// some tensors and initialises the rest).
 pub struct WeightFile {
     tensors: std::collections::HashMap<String, Tensor>,
     path: String,
+    /// Seed and device of tensors made on demand, by name, when absent.
+    fresh: Option<(u64, Device)>,
+}
+
+/// Values as Hugging Face initialises a new model, by what the name says the tensor is: biases
+/// zero; norm scales and layer scales one; matrices, embeddings and tokens from N(0, 0.02)
+/// truncated at two standard deviations.
+fn initial_values(name: &str, n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+    use rand::Rng;
+    let last = name.rsplit('.').next().unwrap_or_default();
+    let is_norm = name.contains("norm") || name.contains("LayerNorm");
+    if last == "bias" || last == "beta" {
+        vec![0.0; n]
+    } else if (is_norm && (last == "weight" || last == "gamma")) || last == "lambda1" {
+        vec![1.0; n]
+    } else {
+        (0..n)
+            .map(|_| loop {
+                // Box-Muller, redrawn beyond two standard deviations.
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                if z.abs() <= 2.0 {
+                    break (0.02 * z) as f32;
+                }
+            })
+            .collect()
+    }
 }
 
 impl WeightFile {
@@ -277,39 +310,37 @@ impl WeightFile {
         Ok(Self {
             tensors,
             path: path.display().to_string(),
+            fresh: None,
         })
     }
 
-    /// The same names and shapes with fresh values, as Hugging Face initialises a new model:
-    /// matrices, embeddings and tokens from N(0, 0.02) truncated at two standard deviations,
-    /// biases zero, norm scales and layer scales one. For from-scratch baselines.
+    /// No stored tensors: each one asked for is made new ([`initial_values`]), seeded by
+    /// `seed` and a stable hash of its name, so that the values do not depend on the order in
+    /// which a model asks for its tensors. [`WeightFile::insert`] adds tensors to copy instead.
+    pub fn fresh(seed: u64, device: &Device) -> Self {
+        Self {
+            tensors: Default::default(),
+            path: "a new layer".into(),
+            fresh: Some((seed, device.clone())),
+        }
+    }
+
+    /// Adds (or replaces) a stored tensor.
+    pub fn insert(&mut self, name: &str, tensor: Tensor) {
+        self.tensors.insert(name.to_string(), tensor);
+    }
+
+    /// The same names and shapes with fresh values, as Hugging Face initialises a new model
+    /// ([`initial_values`]). For from-scratch baselines.
     pub fn randomized(self, seed: u64) -> Result<Self> {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut names: Vec<String> = self.tensors.keys().cloned().collect();
         names.sort();
         let mut tensors = std::collections::HashMap::new();
         for name in names {
             let t = &self.tensors[&name];
-            let n = t.elem_count();
-            let last = name.rsplit('.').next().unwrap_or_default();
-            let is_norm = name.contains("norm") || name.contains("LayerNorm");
-            let values: Vec<f32> = if last == "bias" || last == "beta" {
-                vec![0.0; n]
-            } else if (is_norm && (last == "weight" || last == "gamma")) || last == "lambda1" {
-                vec![1.0; n]
-            } else {
-                (0..n)
-                    .map(|_| loop {
-                        // Box-Muller, redrawn beyond two standard deviations.
-                        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                        if z.abs() <= 2.0 {
-                            break (0.02 * z) as f32;
-                        }
-                    })
-                    .collect()
-            };
+            let values = initial_values(&name, t.elem_count(), &mut rng);
             let fresh = if t.dtype().is_int() {
                 t.clone()
             } else {
@@ -320,15 +351,28 @@ impl WeightFile {
         Ok(Self {
             tensors,
             path: format!("{} (randomly initialised)", self.path),
+            fresh: None,
         })
     }
 
     /// The tensor `name`, checked to have `shape`.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .remove(name)
-            .with_context(|| format!("{}: tensor `{name}` is missing", self.path))?;
+        let t = match (self.tensors.remove(name), &self.fresh) {
+            (Some(t), _) => t,
+            (None, Some((seed, device))) => {
+                use rand::SeedableRng;
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+                    seed ^ crate::hash::fnv1a64(name.as_bytes()),
+                );
+                let n = shape.iter().product();
+                return Ok(Tensor::from_vec(
+                    initial_values(name, n, &mut rng),
+                    shape,
+                    device,
+                )?);
+            }
+            (None, None) => bail!("{}: tensor `{name}` is missing", self.path),
+        };
         if t.dims() != shape {
             bail!(
                 "{}: tensor `{name}` has shape {:?}, expected {:?}",
@@ -347,9 +391,13 @@ impl WeightFile {
                 return Ok((n.clone(), self.take(n, shape)?));
             }
         }
+        if let (Some(first), Some(_)) = (names.first(), &self.fresh) {
+            return Ok((first.clone(), self.take(first, shape)?));
+        }
         bail!("{}: none of the tensors {:?} is present", self.path, names)
     }
 
+    /// Whether `name` is stored (a fresh file makes any name, but stores only those inserted).
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

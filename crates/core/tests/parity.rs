@@ -369,3 +369,95 @@ fn scratch_backbones_keep_the_architecture_and_drop_the_weights() {
     let x = Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
     assert!(scratch.forward(&x, &[]).is_ok());
 }
+
+fn decoder_dir() -> std::path::PathBuf {
+    fixtures().join("bert_decoder")
+}
+
+/// The decoder as `BertLMHeadModel` with cross-attention computes it: logits, every hidden
+/// state, the gradient of every parameter (the tied word embeddings receive both uses) and the
+/// gradient that flows back into the encoder's output.
+#[test]
+fn bert_decoder_matches_outputs_and_every_gradient() {
+    use downstream_core::backbone::{BertConfig, BertDecoder};
+    use downstream_core::params::WeightFile;
+    let dev = Device::Cpu;
+    let r = load_reference(&decoder_dir().join("reference.safetensors"));
+    let text = std::fs::read_to_string(decoder_dir().join("config.json")).unwrap();
+    let config: BertConfig = serde_json::from_str(&text).unwrap();
+    let mut file = WeightFile::load(&decoder_dir().join("model.safetensors"), &[], &dev).unwrap();
+    let mut params = ParamStore::new();
+    let decoder = BertDecoder::from_weights(config, &mut file, &mut params, "", 1).unwrap();
+    let names: BTreeSet<String> = params.trainable().map(|p| p.name.clone()).collect();
+    let mut want = reference_param_names(&r, "a");
+    want.remove("encoder_hidden_states");
+    assert_eq!(names, want, "trainable set differs from the reference's");
+
+    let encoder = Var::from_tensor(get(&r, "a.encoder_hidden_states")).unwrap();
+    let ids = get(&r, "a.input_ids").to_dtype(DType::U32).unwrap();
+    let mask = get(&r, "a.attention_mask").to_dtype(DType::F32).unwrap();
+    let encoder_mask = get(&r, "a.encoder_attention_mask")
+        .to_dtype(DType::F32)
+        .unwrap();
+    let (logits, hidden) = decoder
+        .forward_with_hidden(
+            &ids,
+            Some(&mask),
+            encoder.as_tensor(),
+            Some(&encoder_mask),
+            true,
+        )
+        .unwrap();
+    assert_close(&logits, get(&r, "a.logits"), OUT_TOL, "decoder logits");
+    assert_eq!(hidden.len(), 4);
+    for (k, h) in hidden.iter().enumerate() {
+        assert_close(
+            h,
+            get(&r, &format!("a.hidden_states.{k}")),
+            OUT_TOL,
+            &format!("decoder hidden_states.{k}"),
+        );
+    }
+    let loss = (logits * get(&r, "a.loss_weight"))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let floor = max_abs(get(&r, "a.grad.encoder_hidden_states")) * 1e-3;
+    for p in params.iter() {
+        let g = grads
+            .get(p.var().unwrap().as_tensor())
+            .unwrap_or_else(|| panic!("{}: no gradient", p.name));
+        assert_grad_close(
+            g,
+            get(&r, &format!("a.grad.{}", p.name)),
+            GRAD_REL,
+            floor,
+            &format!("decoder grad {}", p.name),
+        );
+    }
+    assert_grad_close(
+        grads.get(encoder.as_tensor()).unwrap(),
+        get(&r, "a.grad.encoder_hidden_states"),
+        GRAD_REL,
+        floor,
+        "decoder grad encoder_hidden_states",
+    );
+
+    // Incremental decoding, one token per step, against transformers' own cached steps.
+    let ids = get(&r, "b.input_ids").to_dtype(DType::U32).unwrap();
+    let mut state = decoder
+        .start(get(&r, "b.encoder_hidden_states"), None)
+        .unwrap();
+    let steps: Vec<Tensor> = (0..ids.dim(1).unwrap())
+        .map(|t| {
+            decoder
+                .step(&mut state, &ids.narrow(1, t, 1).unwrap())
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        })
+        .collect();
+    let steps = Tensor::cat(&steps, 0).unwrap();
+    assert_close(&steps, get(&r, "b.step_logits"), OUT_TOL, "decoder steps");
+}

@@ -380,11 +380,16 @@ fn an_ade20k_layout_reads_its_splits_and_reduces_the_zero_label() {
     let tmp = tempfile::tempdir().unwrap();
     let ade = tmp.path().join("ADEChallengeData2016");
     for (split, names) in [("training", ["a", "b"]), ("validation", ["c", "d"])] {
-        let (images, annotations) = (ade.join("images").join(split), ade.join("annotations").join(split));
+        let (images, annotations) = (
+            ade.join("images").join(split),
+            ade.join("annotations").join(split),
+        );
         std::fs::create_dir_all(&images).unwrap();
         std::fs::create_dir_all(&annotations).unwrap();
         for name in names {
-            RgbImage::new(12, 8).save(images.join(format!("{name}.jpg"))).unwrap();
+            RgbImage::new(12, 8)
+                .save(images.join(format!("{name}.jpg")))
+                .unwrap();
             // Label 0 is "other"; 1 to 3 are the classes.
             let mask = GrayImage::from_fn(12, 8, |x, _| Luma([(x % 4) as u8]));
             save_mask(&annotations.join(format!("{name}.png")), &mask, None).unwrap();
@@ -397,7 +402,11 @@ fn an_ade20k_layout_reads_its_splits_and_reduces_the_zero_label() {
     let (train, val) = pipeline::load_data(&data, &LabelConfig::default()).unwrap();
     assert_eq!((train.pairs.len(), val.pairs.len()), (2, 2));
     assert!(train.rules.reduce_zero_label && val.rules.reduce_zero_label);
-    assert_eq!(train.classes.len(), 3, "labels 1 to 3 become classes 0 to 2");
+    assert_eq!(
+        train.classes.len(),
+        3,
+        "labels 1 to 3 become classes 0 to 2"
+    );
     assert_eq!(train.rules.class_of(0), None);
     assert_eq!(train.rules.class_of(3), Some(2));
 }

@@ -1,52 +1,353 @@
-//! BERT encoder in the Hugging Face `BertModel` layout, trainable end to end.
+//! BERT in the Hugging Face layout, trainable end to end: the encoder (`BertModel`) and the
+//! pieces a decoder is built from (`BertLMHeadModel`, in [`super::bert_decoder`]).
+//!
+//! A layer optionally carries cross-attention over an encoder's output; embeddings take a
+//! position offset so that incremental decoding embeds token `t` at position `t`. Dropout
+//! follows BERT's places (embeddings, attention weights, each sub-layer's output) and acts only
+//! in the engine's training passes.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
+use serde::{Deserialize, Serialize};
 
-use crate::nn::{ops, Detach, LayerNorm, Linear, Loader, SelfAttention};
-use crate::params::{Freeze, ParamStore, WeightFile};
+use crate::nn::{ops, Attention, Detach, KeyValues, LayerNorm, Linear, Loader};
+use crate::params::{Depth, Freeze, ParamStore, WeightFile};
 
-struct Layer {
-    attention: SelfAttention,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
+/// A Hugging Face `BertConfig`: what is read from `config.json`, and written back by an
+/// export. Fields a file leaves out take transformers' defaults; fields this project does not
+/// use are ignored on reading.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub initializer_range: f64,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<u32>,
+    pub position_embedding_type: String,
+    /// Causal self-attention (a decoder).
+    pub is_decoder: bool,
+    /// Each layer attends to an encoder's output after its self-attention.
+    pub add_cross_attention: bool,
+    /// The LM head's output matrix is the word-embedding matrix.
+    pub tie_word_embeddings: bool,
+    pub model_type: String,
 }
 
-impl Detach for Layer {
-    fn detached(&self) -> Self {
+impl Default for BertConfig {
+    fn default() -> Self {
         Self {
-            attention: self.attention.detached(),
-            attention_norm: self.attention_norm.detached(),
-            intermediate: self.intermediate.detached(),
-            output: self.output.detached(),
-            output_norm: self.output_norm.detached(),
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            bos_token_id: None,
+            eos_token_id: None,
+            position_embedding_type: "absolute".into(),
+            is_decoder: false,
+            add_cross_attention: false,
+            tie_word_embeddings: true,
+            model_type: "bert".into(),
         }
     }
 }
 
-impl Layer {
-    fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-        let attn = self.attention.forward(x, Some(bias))?;
-        let x = self.attention_norm.forward(&(attn + x)?)?;
+impl BertConfig {
+    /// Refuses what this implementation does not compute as transformers does.
+    pub fn check(&self) -> Result<()> {
+        if self.hidden_act != "gelu" {
+            bail!(
+                "hidden_act `{}` is not supported (only exact gelu)",
+                self.hidden_act
+            );
+        }
+        if self.position_embedding_type != "absolute" {
+            bail!(
+                "position_embedding_type `{}` is not supported (only absolute)",
+                self.position_embedding_type
+            );
+        }
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            bail!(
+                "hidden_size {} is not divisible by {} heads",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{name} must be in [0, 1), not {p}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Word, position and token-type embeddings, summed and normalised.
+///
+/// As in transformers (`padding_idx`), the padding token's row of the word embeddings gets no
+/// gradient from its lookups: padding must not learn.
+pub struct BertEmbeddings {
+    word: Tensor,
+    pad_id: u32,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Detach for BertEmbeddings {
+    fn detached(&self) -> Self {
+        Self {
+            word: self.word.detached(),
+            pad_id: self.pad_id,
+            position: self.position.detached(),
+            token_type: self.token_type.detached(),
+            norm: self.norm.detached(),
+            dropout: self.dropout,
+        }
+    }
+}
+
+impl BertEmbeddings {
+    /// `{prefix}.word_embeddings.weight` and the rest (an encoder's are at depth 0).
+    pub fn load(ld: &mut Loader, prefix: &str, config: &BertConfig, depth: Depth) -> Result<Self> {
+        let d = config.hidden_size;
+        Ok(Self {
+            word: ld.param(
+                &format!("{prefix}.word_embeddings.weight"),
+                &[config.vocab_size, d],
+                depth,
+            )?,
+            pad_id: config.pad_token_id,
+            position: ld.param(
+                &format!("{prefix}.position_embeddings.weight"),
+                &[config.max_position_embeddings, d],
+                depth,
+            )?,
+            token_type: ld.param(
+                &format!("{prefix}.token_type_embeddings.weight"),
+                &[config.type_vocab_size, d],
+                depth,
+            )?,
+            norm: ld.layer_norm(
+                &format!("{prefix}.LayerNorm"),
+                d,
+                config.layer_norm_eps,
+                depth,
+            )?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    /// The word-embedding matrix `[V, D]` (a tied LM head's output matrix).
+    pub fn word_matrix(&self) -> &Tensor {
+        &self.word
+    }
+
+    /// Embeds `ids` `[B, T]` (u32) at positions `offset..offset + T`; token types default to 0.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        token_types: Option<&Tensor>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let limit = self.position.dim(0)?;
+        if offset + t > limit {
+            bail!(
+                "a sequence of {} tokens exceeds the model's {limit} positions",
+                offset + t
+            );
+        }
+        let flat = ids.flatten_all()?;
+        let mut words = self.word.index_select(&flat, 0)?;
+        if self.word.is_variable() {
+            let keep = flat
+                .ne(self.pad_id)?
+                .to_dtype(words.dtype())?
+                .unsqueeze(1)?;
+            let constant = self.word.detach().index_select(&flat, 0)?;
+            words = (constant.broadcast_mul(&(1.0 - &keep)?)? + words.broadcast_mul(&keep)?)?;
+        }
+        let words = words.reshape((b, t, ()))?;
+        let x = match token_types {
+            Some(types) => words.add(
+                &self
+                    .token_type
+                    .index_select(&types.flatten_all()?, 0)?
+                    .reshape((b, t, ()))?,
+            )?,
+            None => words.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?,
+        };
+        let positions = self.position.narrow(0, offset, t)?.unsqueeze(0)?;
+        let x = self.norm.forward(&x.broadcast_add(&positions)?)?;
+        Ok(ops::dropout(&x, self.dropout)?)
+    }
+}
+
+/// One BERT layer: self-attention, optionally cross-attention, then the feed-forward block,
+/// each followed by dropout, the residual sum and a layer norm (post-norm).
+pub struct BertLayer {
+    attention: Attention,
+    attention_norm: LayerNorm,
+    cross: Option<(Attention, LayerNorm)>,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl Detach for BertLayer {
+    fn detached(&self) -> Self {
+        Self {
+            attention: self.attention.detached(),
+            attention_norm: self.attention_norm.detached(),
+            cross: self
+                .cross
+                .as_ref()
+                .map(|(a, n)| (a.detached(), n.detached())),
+            intermediate: self.intermediate.detached(),
+            output: self.output.detached(),
+            output_norm: self.output_norm.detached(),
+            dropout: self.dropout,
+        }
+    }
+}
+
+/// What a decoder layer attends to besides itself: the encoder's keys and values, and the
+/// encoder's padding bias.
+pub struct CrossSource<'a> {
+    pub kv: &'a KeyValues,
+    pub bias: Option<&'a Tensor>,
+}
+
+impl BertLayer {
+    /// Layer `prefix` (`encoder.layer.3`), with cross-attention if the configuration asks.
+    pub fn load(ld: &mut Loader, prefix: &str, config: &BertConfig, depth: Depth) -> Result<Self> {
+        let d = config.hidden_size;
+        let eps = config.layer_norm_eps;
+        let heads = config.num_attention_heads;
+        let attention_at = |ld: &mut Loader, at: &str| -> Result<(Attention, LayerNorm)> {
+            let mut a = ld.attention(
+                [
+                    &format!("{prefix}.{at}.self.query"),
+                    &format!("{prefix}.{at}.self.key"),
+                    &format!("{prefix}.{at}.self.value"),
+                    &format!("{prefix}.{at}.output.dense"),
+                ],
+                d,
+                heads,
+                depth,
+            )?;
+            a.probs_dropout = config.attention_probs_dropout_prob;
+            let norm = ld.layer_norm(&format!("{prefix}.{at}.output.LayerNorm"), d, eps, depth)?;
+            Ok((a, norm))
+        };
+        let (attention, attention_norm) = attention_at(ld, "attention")?;
+        let cross = if config.add_cross_attention {
+            Some(attention_at(ld, "crossattention")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            attention,
+            attention_norm,
+            cross,
+            intermediate: ld.linear(
+                &format!("{prefix}.intermediate.dense"),
+                d,
+                config.intermediate_size,
+                depth,
+            )?,
+            output: ld.linear(
+                &format!("{prefix}.output.dense"),
+                config.intermediate_size,
+                d,
+                depth,
+            )?,
+            output_norm: ld.layer_norm(&format!("{prefix}.output.LayerNorm"), d, eps, depth)?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    /// The cross-attention's keys and values of an encoder output `[B, S, D]`, computed once
+    /// per source sentence.
+    pub fn cross_keys_values(&self, encoder: &Tensor) -> Result<KeyValues> {
+        match &self.cross {
+            Some((a, _)) => Ok(a.keys_values(encoder)?),
+            None => bail!("this layer has no cross-attention"),
+        }
+    }
+
+    /// `x` `[B, T, D]` through the layer. With `cache`, the self-attention also attends to the
+    /// positions cached before and adds `x`'s to them; `cross` is required exactly when the
+    /// layer has cross-attention.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        self_bias: Option<&Tensor>,
+        cache: Option<&mut Option<KeyValues>>,
+        cross: Option<CrossSource>,
+    ) -> Result<Tensor> {
+        let attn = match cache {
+            Some(cache) => self.attention.forward_cached(x, cache, self_bias)?,
+            None => self.attention.forward(x, self_bias)?,
+        };
+        let mut x = self
+            .attention_norm
+            .forward(&(ops::dropout(&attn, self.dropout)? + x)?)?;
+        match (&self.cross, cross) {
+            (Some((attention, norm)), Some(source)) => {
+                let c = attention.attend(&x, source.kv, source.bias)?;
+                x = norm.forward(&(ops::dropout(&c, self.dropout)? + x)?)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => bail!("a layer with cross-attention needs the encoder's output"),
+            (None, Some(_)) => bail!("this layer has no cross-attention"),
+        }
         let h = ops::gelu(&self.intermediate.forward(&x)?)?;
-        let out = self.output.forward(&h)?;
-        self.output_norm.forward(&(out + x)?)
+        let out = ops::dropout(&self.output.forward(&h)?, self.dropout)?;
+        Ok(self.output_norm.forward(&(out + x)?)?)
     }
 }
 
 /// A BERT encoder. Its parameters live in the [`ParamStore`] returned by [`Bert::load`].
 pub struct Bert {
-    pub config: Config,
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
-    embeddings_norm: LayerNorm,
-    layers: Vec<Layer>,
+    pub config: BertConfig,
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
 }
 
 /// A tokenised batch: `[B, T]` ids (u32), mask (1 = token, 0 = padding) and segment ids.
@@ -61,10 +362,7 @@ impl Detach for Bert {
     fn detached(&self) -> Self {
         Self {
             config: self.config.clone(),
-            word_embeddings: self.word_embeddings.detached(),
-            position_embeddings: self.position_embeddings.detached(),
-            token_type_embeddings: self.token_type_embeddings.detached(),
-            embeddings_norm: self.embeddings_norm.detached(),
+            embeddings: self.embeddings.detached(),
             layers: self.layers.detached(),
         }
     }
@@ -74,7 +372,7 @@ impl Bert {
     /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
-        let config: Config = super::read_config(&config_path, "BERT")?;
+        let config: BertConfig = super::read_config(&config_path, "BERT")?;
         let mut file = WeightFile::load(&dir.join("model.safetensors"), &["bert."], device)?;
         let mut store = ParamStore::new();
         let model = Self::from_weights(config, &mut file, &mut store, freeze)
@@ -83,101 +381,26 @@ impl Bert {
     }
 
     pub fn from_weights(
-        config: Config,
+        config: BertConfig,
         file: &mut WeightFile,
         store: &mut ParamStore,
         freeze: Freeze,
     ) -> Result<Self> {
-        if config.hidden_act != HiddenAct::Gelu {
-            bail!(
-                "hidden_act {:?} is not supported (only exact gelu)",
-                config.hidden_act
-            );
+        config.check()?;
+        if config.is_decoder || config.add_cross_attention {
+            bail!("this is a decoder's configuration (is_decoder or add_cross_attention)");
         }
-        if config.position_embedding_type != PositionEmbeddingType::Absolute {
-            bail!("only absolute position embeddings are supported");
-        }
-        if !config
-            .hidden_size
-            .is_multiple_of(config.num_attention_heads)
-        {
-            bail!(
-                "hidden_size {} is not divisible by {} heads",
-                config.hidden_size,
-                config.num_attention_heads
-            );
-        }
-        let d = config.hidden_size;
         let n = config.num_hidden_layers;
         freeze.check(n)?;
-        let eps = config.layer_norm_eps;
         store.top_depth = n + 1;
-        let mut ld = Loader {
-            file,
-            store,
-            freeze,
-            num_blocks: n,
-        };
-        let word_embeddings = ld.param(
-            "embeddings.word_embeddings.weight",
-            &[config.vocab_size, d],
-            0,
-        )?;
-        let position_embeddings = ld.param(
-            "embeddings.position_embeddings.weight",
-            &[config.max_position_embeddings, d],
-            0,
-        )?;
-        let token_type_embeddings = ld.param(
-            "embeddings.token_type_embeddings.weight",
-            &[config.type_vocab_size, d],
-            0,
-        )?;
-        let embeddings_norm = ld.layer_norm("embeddings.LayerNorm", d, eps, 0)?;
-        let mut layers = Vec::with_capacity(n);
-        for i in 0..n {
-            let p = format!("encoder.layer.{i}");
-            let depth = i + 1;
-            let attention = ld.attention(
-                [
-                    &format!("{p}.attention.self.query"),
-                    &format!("{p}.attention.self.key"),
-                    &format!("{p}.attention.self.value"),
-                    &format!("{p}.attention.output.dense"),
-                ],
-                d,
-                config.num_attention_heads,
-                depth,
-            )?;
-            layers.push(Layer {
-                attention,
-                attention_norm: ld.layer_norm(
-                    &format!("{p}.attention.output.LayerNorm"),
-                    d,
-                    eps,
-                    depth,
-                )?,
-                intermediate: ld.linear(
-                    &format!("{p}.intermediate.dense"),
-                    d,
-                    config.intermediate_size,
-                    depth,
-                )?,
-                output: ld.linear(
-                    &format!("{p}.output.dense"),
-                    config.intermediate_size,
-                    d,
-                    depth,
-                )?,
-                output_norm: ld.layer_norm(&format!("{p}.output.LayerNorm"), d, eps, depth)?,
-            });
-        }
+        let mut ld = Loader::new(file, store, freeze, n);
+        let embeddings = BertEmbeddings::load(&mut ld, "embeddings", &config, 0)?;
+        let layers = (0..n)
+            .map(|i| BertLayer::load(&mut ld, &format!("encoder.layer.{i}"), &config, i + 1))
+            .collect::<Result<_>>()?;
         Ok(Self {
             config,
-            word_embeddings,
-            position_embeddings,
-            token_type_embeddings,
-            embeddings_norm,
+            embeddings,
             layers,
         })
     }
@@ -202,32 +425,16 @@ impl Bert {
         batch: &TextBatch,
         keep: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        let (b, t) = batch.input_ids.dims2()?;
-        if t > self.config.max_position_embeddings {
-            bail!(
-                "sequence of {t} tokens exceeds the model's {} positions",
-                self.config.max_position_embeddings
-            );
-        }
-        let ids = batch.input_ids.flatten_all()?;
-        let words = self
-            .word_embeddings
-            .index_select(&ids, 0)?
-            .reshape((b, t, ()))?;
-        let types = self
-            .token_type_embeddings
-            .index_select(&batch.token_type_ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
-        let positions = self.position_embeddings.narrow(0, 0, t)?.unsqueeze(0)?;
-        let x = words.add(&types)?.broadcast_add(&positions)?;
-        let mut x = self.embeddings_norm.forward(&x)?;
+        let mut x = self
+            .embeddings
+            .forward(&batch.input_ids, Some(&batch.token_type_ids), 0)?;
         let bias = ops::attention_bias(&batch.attention_mask)?;
         let mut hidden = Vec::new();
         for layer in &self.layers {
             if keep {
                 hidden.push(x.clone());
             }
-            x = layer.forward(&x, &bias)?;
+            x = layer.forward(&x, Some(&bias), None, None)?;
         }
         if keep {
             hidden.push(x.clone());

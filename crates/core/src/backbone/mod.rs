@@ -1,9 +1,11 @@
 //! Pretrained encoders that every downstream task fine-tunes from.
 
 pub mod bert;
+pub mod bert_decoder;
 pub mod vit;
 
-pub use bert::{Bert, TextBatch};
+pub use bert::{Bert, BertConfig, TextBatch};
+pub use bert_decoder::{BertDecoder, DecodeState};
 pub use vit::{Readout, Vit, VitConfig, VitLayout, VitOutput};
 
 use anyhow::{Context, Result};

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::nn::interpolate::resize_bicubic;
-use crate::nn::{ops, Detach, LayerNorm, Linear, Loader, SelfAttention};
+use crate::nn::{ops, Attention, Detach, LayerNorm, Linear, Loader};
 use crate::params::{Freeze, ParamStore, WeightFile};
 
 /// Which of the two parameter layouts (and block designs) a checkpoint uses.
@@ -109,7 +109,7 @@ enum Mlp {
 
 struct Block {
     norm1: LayerNorm,
-    attention: SelfAttention,
+    attention: Attention,
     scale1: Option<Tensor>,
     norm2: LayerNorm,
     mlp: Mlp,
@@ -305,12 +305,7 @@ impl Vit {
         let mlp = config.mlp_size();
         let grid = config.base_grid();
         store.top_depth = n + 1;
-        let mut ld = Loader {
-            file,
-            store,
-            freeze,
-            num_blocks: n,
-        };
+        let mut ld = Loader::new(file, store, freeze, n);
         let patch_weight = ld.param(
             "embeddings.patch_embeddings.projection.weight",
             &[d, c, p, p],

@@ -1,5 +1,6 @@
 //! Layers built from [`ops`], loaded from Hugging Face-named weights into a [`ParamStore`].
 
+pub mod attention;
 pub mod conv;
 mod fused;
 pub mod interpolate;
@@ -11,19 +12,40 @@ use candle_core::Tensor;
 
 use crate::params::{Depth, Freeze, ParamStore, WeightFile};
 
+pub use attention::{Attention, KeyValues};
+
 /// Reads named weights and registers them as trainable or frozen parameters.
 pub struct Loader<'a> {
     pub file: &'a mut WeightFile,
     pub store: &'a mut ParamStore,
     pub freeze: Freeze,
     pub num_blocks: usize,
+    /// Put before each name in the store (not in the file): `decoder.` keeps a decoder's
+    /// `bert.encoder.layer.0...` apart from an encoder's `encoder.layer.0...` in one store.
+    pub prefix: &'a str,
 }
 
-impl Loader<'_> {
+impl<'a> Loader<'a> {
+    pub fn new(
+        file: &'a mut WeightFile,
+        store: &'a mut ParamStore,
+        freeze: Freeze,
+        num_blocks: usize,
+    ) -> Self {
+        Self {
+            file,
+            store,
+            freeze,
+            num_blocks,
+            prefix: "",
+        }
+    }
+
     pub fn param(&mut self, name: &str, shape: &[usize], depth: Depth) -> Result<Tensor> {
         let t = self.file.take(name, shape)?;
         let trains = self.freeze.trains(depth, self.num_blocks);
-        self.store.insert(name, t, depth, trains)
+        self.store
+            .insert(&format!("{}{name}", self.prefix), t, depth, trains)
     }
 
     /// A norm's scale and shift, accepting the old `gamma`/`beta` names.
@@ -41,7 +63,7 @@ impl Loader<'_> {
                 &[dim],
             )?;
             self.store
-                .insert(&format!("{prefix}.{new}"), t, depth, trains)
+                .insert(&format!("{}{prefix}.{new}", self.prefix), t, depth, trains)
         };
         let weight = take("weight", "gamma")?;
         let bias = take("bias", "beta")?;
@@ -63,24 +85,26 @@ impl Loader<'_> {
         })
     }
 
-    /// Self-attention from four projections named `{query,key,value,output}` under the
-    /// prefixes given. The key bias is marked as having an identically zero gradient: it adds
-    /// the same `q . b` to every score of a row, which softmax ignores.
+    /// Attention from four projections named `{query,key,value,output}` under the prefixes
+    /// given. The key bias is marked as having an identically zero gradient: it adds the same
+    /// `q . b` to every score of a row, which softmax ignores.
     pub fn attention(
         &mut self,
         [query, key, value, output]: [&str; 4],
         dim: usize,
         num_heads: usize,
         depth: Depth,
-    ) -> Result<SelfAttention> {
-        let attention = SelfAttention {
+    ) -> Result<Attention> {
+        let attention = Attention {
             query: self.linear(query, dim, dim, depth)?,
             key: self.linear(key, dim, dim, depth)?,
             value: self.linear(value, dim, dim, depth)?,
             output: self.linear(output, dim, dim, depth)?,
             num_heads,
+            probs_dropout: 0.0,
         };
-        self.store.mark_zero_grad(&format!("{key}.bias"))?;
+        self.store
+            .mark_zero_grad(&format!("{}{key}.bias", self.prefix))?;
         Ok(attention)
     }
 }
@@ -138,18 +162,6 @@ impl Detach for Linear {
     }
 }
 
-impl Detach for SelfAttention {
-    fn detached(&self) -> Self {
-        Self {
-            query: self.query.detached(),
-            key: self.key.detached(),
-            value: self.value.detached(),
-            output: self.output.detached(),
-            num_heads: self.num_heads,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     pub weight: Tensor,
@@ -173,36 +185,5 @@ pub struct Linear {
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         ops::linear(x, &self.weight, self.bias.as_ref())
-    }
-}
-
-/// Multi-head self-attention with separate query, key and value projections.
-#[derive(Clone, Debug)]
-pub struct SelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
-    pub output: Linear,
-    pub num_heads: usize,
-}
-
-impl SelfAttention {
-    /// `x` is `[B, T, D]`; `bias`, if any, is added to the attention scores (`[B, 1, 1, T]`).
-    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let h = self.num_heads;
-        let dh = d / h;
-        let split = |y: Tensor| y.reshape((b, t, h, dh))?.transpose(1, 2)?.contiguous();
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-        let scores = match bias {
-            Some(bias) => scores.broadcast_add(bias)?,
-            None => scores,
-        };
-        let probs = ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.output.forward(&ctx)
     }
 }

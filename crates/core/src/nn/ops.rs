@@ -90,10 +90,17 @@ pub fn attention_bias(mask: &Tensor) -> Result<Tensor> {
 
 /// The causal bias `[1, 1, T, T]` of a decoder: position `i` attends to positions `0..=i`.
 pub fn causal_bias(t: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> = (0..t * t)
-        .map(|k| if k % t > k / t { f32::MIN } else { 0.0 })
+    causal_bias_after(t, 0, device)
+}
+
+/// The causal bias `[1, 1, T, P + T]` of `T` new positions after `P` cached ones: new position
+/// `i` (position `P + i` of the sequence) attends to positions `0..=P + i`.
+pub fn causal_bias_after(t: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let s = past + t;
+    let values: Vec<f32> = (0..t * s)
+        .map(|k| if k % s > past + k / s { f32::MIN } else { 0.0 })
         .collect();
-    Tensor::from_vec(values, (1, 1, t, t), device)
+    Tensor::from_vec(values, (1, 1, t, s), device)
 }
 
 /// Two attention biases as one, broadcast: their minimum, not their sum. Two `f32::MIN`

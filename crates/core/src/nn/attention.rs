@@ -1,0 +1,133 @@
+//! Multi-head attention with separate query and key/value inputs: the self-attention of the
+//! encoders, and a decoder's causal self-attention and cross-attention.
+//!
+//! Keys and values are projected once per source ([`Attention::keys_values`]) and attended to
+//! by any number of queries ([`Attention::attend`]). That is what makes generation linear in
+//! its length: a decoder projects the encoder output once per sentence for cross-attention,
+//! and its self-attention appends each new token's keys and values to a cache
+//! ([`Attention::forward_cached`]) instead of re-running the whole prefix every step.
+
+use candle_core::{Result, Tensor};
+
+use super::{ops, Detach, Linear};
+
+/// Multi-head attention with separate query, key, value and output projections.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub num_heads: usize,
+    /// Dropout on the attention weights during a training pass (BERT's
+    /// `attention_probs_dropout_prob`; 0 for the vision backbones).
+    pub probs_dropout: f64,
+}
+
+/// Projected keys and values, `[B, H, S, D/H]` each.
+#[derive(Clone, Debug)]
+pub struct KeyValues {
+    pub keys: Tensor,
+    pub values: Tensor,
+}
+
+impl KeyValues {
+    /// Positions held (`S`).
+    pub fn len(&self) -> usize {
+        self.keys.dim(2).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// These positions followed by `next`'s.
+    pub fn append(&self, next: &KeyValues) -> Result<Self> {
+        Ok(Self {
+            keys: Tensor::cat(&[&self.keys, &next.keys], 2)?,
+            values: Tensor::cat(&[&self.values, &next.values], 2)?,
+        })
+    }
+
+    /// The batch rows `rows` (u32 indices, repeats allowed), in that order: how a beam search
+    /// carries each surviving hypothesis's cache forward.
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            keys: self.keys.index_select(rows, 0)?,
+            values: self.values.index_select(rows, 0)?,
+        })
+    }
+}
+
+impl Detach for Attention {
+    fn detached(&self) -> Self {
+        Self {
+            query: self.query.detached(),
+            key: self.key.detached(),
+            value: self.value.detached(),
+            output: self.output.detached(),
+            num_heads: self.num_heads,
+            probs_dropout: self.probs_dropout,
+        }
+    }
+}
+
+impl Attention {
+    /// `[B, T, D]` to `[B, H, T, D/H]`.
+    fn split_heads(&self, y: Tensor) -> Result<Tensor> {
+        let (b, t, d) = y.dims3()?;
+        let h = self.num_heads;
+        y.reshape((b, t, h, d / h))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Keys and values of a source `[B, S, D]`.
+    pub fn keys_values(&self, source: &Tensor) -> Result<KeyValues> {
+        Ok(KeyValues {
+            keys: self.split_heads(self.key.forward(source)?)?,
+            values: self.split_heads(self.value.forward(source)?)?,
+        })
+    }
+
+    /// Queries from `x` `[B, T, D]` attend to `kv`. `bias`, if any, is added to the scores
+    /// `[B, H, T, S]` by broadcasting: a padding bias `[B, 1, 1, S]`, a causal one
+    /// `[1, 1, T, S]`, or their combination ([`ops::combine_biases`]).
+    pub fn attend(&self, x: &Tensor, kv: &KeyValues, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let dh = d / self.num_heads;
+        let q = self.split_heads(self.query.forward(x)?)?;
+        let scores = (q.matmul(&kv.keys.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+        let scores = match bias {
+            Some(bias) => scores.broadcast_add(bias)?,
+            None => scores,
+        };
+        let probs = ops::dropout(&ops::softmax_last_dim(&scores)?, self.probs_dropout)?;
+        let ctx = probs
+            .matmul(&kv.values)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
+        self.output.forward(&ctx)
+    }
+
+    /// Self-attention over `x` `[B, T, D]`.
+    pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.attend(x, &self.keys_values(x)?, bias)
+    }
+
+    /// Self-attention of new positions `x` over the cached ones and themselves; the cache then
+    /// holds them too. With an empty cache this is [`Attention::forward`].
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        cache: &mut Option<KeyValues>,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let new = self.keys_values(x)?;
+        let kv = match cache.take() {
+            Some(past) => past.append(&new)?,
+            None => new,
+        };
+        let out = self.attend(x, &kv, bias);
+        *cache = Some(kv);
+        out
+    }
+}
