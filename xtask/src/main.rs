@@ -97,6 +97,7 @@ fn main() -> Result<()> {
             let task = match m.family.as_str() {
                 "detection" => "detect",
                 "segmentation" => "segment",
+                "translation" => "translate",
                 other => anyhow::bail!("no task crate converts `{other}` data sets yet"),
             };
             let status = std::process::Command::new(

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::atomic;
-use crate::manifest::{self, Client, Convert, Manifest};
+use crate::manifest::{self, Client, Convert, Manifest, Source};
 use crate::onnx;
 
 /// Where converted models live: `$DOWNSTREAM_MODELS` if set, else `models/cache/` under the
@@ -112,11 +112,15 @@ pub fn ensure_from(m: &Manifest, root: &Path, local: Option<&Path>) -> Result<Pa
         fs::remove_dir_all(&download_dir)
             .with_context(|| format!("clearing {}", download_dir.display()))?;
     }
-    let result = atomic::build_dir(&dir, &m.source.sha256, |out| {
-        let package = download(m, &download_dir, local)?;
+    let result = atomic::build_dir(&dir, &m.stamp(), |out| {
+        let packages = m
+            .sources
+            .iter()
+            .map(|s| download(m, s, &download_dir, local))
+            .collect::<Result<Vec<_>>>()?;
         eprintln!("converting {} into {}", m.name, dir.display());
-        convert(m, &package, &download_dir, out)
-            .with_context(|| format!("converting {} from {}", m.name, package.display()))
+        convert(m, &packages, &download_dir, out)
+            .with_context(|| format!("converting {} from {}", m.name, packages[0].display()))
     });
     // Whatever happened, the download is not kept.
     fs::remove_dir_all(&download_dir).ok();
@@ -134,19 +138,23 @@ fn run_client(command: &mut Command, what: &str, hint: &str) -> Result<()> {
     Ok(())
 }
 
-/// The package of `m`, verified: taken from `local` if that folder holds it, else fetched by
-/// its client into `dir`.
-fn download(m: &Manifest, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
+/// The package `s` of `m`, verified: taken from `local` if that folder holds it, else fetched
+/// by its client into `dir`.
+fn download(m: &Manifest, s: &Source, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
     fs::create_dir_all(dir)?;
-    let s = &m.source;
     if let Some(local) = local {
-        let candidate = local.join(&s.file);
-        if candidate.is_file() {
-            verify(&candidate, &s.sha256)?;
-            return Ok(candidate);
+        match (&s.file, &s.sha256, s.drifting()) {
+            (Some(file), Some(sha), _) if local.join(file).is_file() => {
+                let candidate = local.join(file);
+                verify(&candidate, sha)?;
+                return Ok(candidate);
+            }
+            (None, _, Some(prefix)) if has_deb(local, &s.package) => {
+                return downloaded_deb(local, &s.package, prefix);
+            }
+            _ => {}
         }
     }
-    let spec = format!("{}=={}", s.package, s.version);
     eprintln!(
         "fetching {} ({} {}, {:.1} MB)",
         m.name,
@@ -154,29 +162,36 @@ fn download(m: &Manifest, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
         s.version,
         s.bytes as f64 / 1e6
     );
-    let hint = format!(
-        "alternatively put {} in a folder named by DOWNSTREAM_WHEELS",
-        s.file
-    );
+    let hint = match &s.file {
+        Some(file) => format!("alternatively put {file} in a folder named by DOWNSTREAM_WHEELS"),
+        None => "check the network and the package lists".to_string(),
+    };
     match s.client {
-        Client::Pip => run_client(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--only-binary=:all:",
-                    "--quiet",
-                    "--dest",
-                ])
-                .arg(dir)
-                .arg(&spec),
-            &format!("python3 -m pip download --no-deps {spec}"),
-            &format!("is Python 3 with pip installed? {hint}"),
-        )?,
+        Client::Pip => {
+            let spec = format!("{}=={}", s.package, s.version);
+            run_client(
+                Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--only-binary=:all:",
+                        "--quiet",
+                        "--dest",
+                    ])
+                    .arg(dir)
+                    .arg(&spec),
+                &format!("python3 -m pip download --no-deps {spec}"),
+                &format!("is Python 3 with pip installed? {hint}"),
+            )?
+        }
         Client::Apt => {
-            let target = format!("{}={}", s.package, s.version);
+            // A drifting version takes the candidate the package lists offer, checked below.
+            let target = match s.drifting() {
+                Some(_) => s.package.clone(),
+                None => format!("{}={}", s.package, s.version),
+            };
             let fetch = || {
                 run_client(
                     Command::new("apt-get")
@@ -186,7 +201,7 @@ fn download(m: &Manifest, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
                     &format!("is this a Debian system? {hint}"),
                 )
             };
-            // A fresh machine may have no package lists yet.
+            // A fresh machine may have no package lists yet, or stale ones.
             if let Err(first) = fetch() {
                 eprintln!("{first:#}; updating the package lists and trying again");
                 run_client(
@@ -199,16 +214,118 @@ fn download(m: &Manifest, dir: &Path, local: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
-    let file = dir.join(&s.file);
+    let file = match (&s.file, s.drifting()) {
+        (Some(file), _) => dir.join(file),
+        (None, Some(prefix)) => downloaded_deb(dir, &s.package, prefix)?,
+        (None, None) => bail!("source {} names no file", s.package),
+    };
     if !file.is_file() {
         bail!(
             "the package client did not produce {} in {}",
-            s.file,
+            file.display(),
             dir.display()
         );
     }
-    verify(&file, &s.sha256)?;
+    if let Some(sha) = &s.sha256 {
+        verify(&file, sha)?;
+    }
     Ok(file)
+}
+
+fn has_deb(dir: &Path, package: &str) -> bool {
+    let start = format!("{package}_");
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with(&start) && name.ends_with(".deb")
+        })
+    })
+}
+
+/// The `.deb` of `package` that `apt-get download` wrote into `dir`, refused unless its
+/// version starts with `prefix` (file names spell the epoch's `:` as `%3a`).
+fn downloaded_deb(dir: &Path, package: &str, prefix: &str) -> Result<PathBuf> {
+    let start = format!("{package}_");
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let Some(rest) = name.strip_prefix(&start).filter(|_| name.ends_with(".deb")) else {
+            continue;
+        };
+        let version = rest
+            .split('_')
+            .next()
+            .unwrap_or_default()
+            .replace("%3a", ":");
+        if !version.starts_with(prefix) {
+            bail!(
+                "apt offers {package} {version}, but this build expects a version {prefix}*: \
+                 the data may differ from what it was made for"
+            );
+        }
+        return Ok(path);
+    }
+    bail!(
+        "apt-get download wrote no {package}_*.deb into {}",
+        dir.display()
+    )
+}
+
+/// The digest of a folder's files: SHA-256 over each file's path relative to `dir` (with `/`),
+/// a zero byte, its length (8 bytes, little-endian) and its bytes, in path order.
+pub fn tree_digest(dir: &Path) -> Result<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, base, out)?;
+            } else {
+                let rel = path.strip_prefix(base)?;
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().to_string())
+                    .collect();
+                out.push((rel.join("/"), path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut hasher = Sha256::new();
+    for (rel, path) in files {
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        hasher.update(rel.as_bytes());
+        hasher.update([0u8]);
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in
+        fs::read_dir(from).with_context(|| format!("the package has no {}", from.display()))?
+    {
+        let path = entry?.path();
+        let target = to.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            copy_tree(&path, &target)?;
+        } else {
+            write_synced(&target, &fs::read(&path)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless the SHA-256 of `path` is `expected` (hex).
@@ -245,19 +362,22 @@ enum Contents {
 }
 
 impl Contents {
-    fn open(m: &Manifest, package: &Path, scratch: &Path) -> Result<Self> {
-        match m.source.client {
+    /// The packages' contents; several Debian packages are unpacked into one tree.
+    fn open(m: &Manifest, packages: &[PathBuf], scratch: &Path) -> Result<Self> {
+        match m.sources[0].client {
             Client::Pip => Ok(Contents::Zip(
-                zip::ZipArchive::new(File::open(package)?)
+                zip::ZipArchive::new(File::open(&packages[0])?)
                     .context("reading the wheel as a zip archive")?,
             )),
             Client::Apt => {
                 let dir = scratch.join("unpacked");
-                run_client(
-                    Command::new("dpkg-deb").arg("-x").arg(package).arg(&dir),
-                    &format!("dpkg-deb -x {}", package.display()),
-                    "Debian's dpkg-deb unpacks the package",
-                )?;
+                for package in packages {
+                    run_client(
+                        Command::new("dpkg-deb").arg("-x").arg(package).arg(&dir),
+                        &format!("dpkg-deb -x {}", package.display()),
+                        "Debian's dpkg-deb unpacks the package",
+                    )?;
+                }
                 Ok(Contents::Dir(dir))
             }
         }
@@ -287,9 +407,28 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn convert(m: &Manifest, package: &Path, scratch: &Path, out: &Path) -> Result<()> {
-    let mut contents = Contents::open(m, package, scratch)?;
+fn convert(m: &Manifest, packages: &[PathBuf], scratch: &Path, out: &Path) -> Result<()> {
+    let mut contents = Contents::open(m, packages, scratch)?;
     match &m.convert {
+        Convert::CopyTree {
+            root,
+            trees,
+            sha256,
+        } => {
+            let Contents::Dir(dir) = &contents else {
+                bail!("copy-tree needs Debian packages");
+            };
+            for tree in trees {
+                copy_tree(&dir.join(root).join(tree), &out.join(tree))?;
+            }
+            let got = tree_digest(out)?;
+            if !got.eq_ignore_ascii_case(sha256) {
+                bail!(
+                    "the copied files' digest is {got}, the manifest expects {sha256}: this \
+                     package revision holds other data than the one this build was made for"
+                );
+            }
+        }
         Convert::Copy { from, files } => {
             for f in files {
                 let bytes = contents.read(&format!("{from}{f}"))?;

