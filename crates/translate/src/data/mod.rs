@@ -1,0 +1,146 @@
+//! Parallel text: pairs of a source sentence and its translation, read from a TSV file
+//! (`source<TAB>target` per line), from two aligned files (line `i` of one translates line `i`
+//! of the other), or from a named corpus prepared on first use ([`libreoffice`], [`ding`]).
+//!
+//! Every problem is an error naming the file and line: text that is not UTF-8, a TSV line
+//! without exactly one tab, an empty side, aligned files of unequal length. Line endings may be
+//! `\n` or `\r\n`; a final newline is optional.
+
+pub mod ding;
+pub mod libreoffice;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// One sentence and its translation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub source: String,
+    pub target: String,
+}
+
+/// The lines of a text file, each checked to be UTF-8; an error names the file and line.
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut body = bytes.as_slice();
+    if let Some(rest) = body.strip_prefix(b"\xef\xbb\xbf") {
+        body = rest;
+    }
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    body.split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            String::from_utf8(line.to_vec()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}: not valid UTF-8 (at byte {} of the line)",
+                    path.display(),
+                    i + 1,
+                    e.utf8_error().valid_up_to()
+                )
+            })
+        })
+        .collect()
+}
+
+/// Pairs from a TSV file: `source<TAB>target` on every line.
+pub fn read_tsv(path: &Path) -> Result<Vec<Pair>> {
+    read_lines(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let at = || format!("{}:{}", path.display(), i + 1);
+            let mut parts = line.split('\t');
+            let (Some(source), Some(target), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!(
+                    "{}: expected `source<TAB>target`, found {} tab(s)",
+                    at(),
+                    line.matches('\t').count()
+                );
+            };
+            pair(source, target).with_context(at)
+        })
+        .collect()
+}
+
+/// Pairs from two aligned files: line `i` of `target` translates line `i` of `source`.
+pub fn read_aligned(source: &Path, target: &Path) -> Result<Vec<Pair>> {
+    let (s, t) = (read_lines(source)?, read_lines(target)?);
+    if s.len() != t.len() {
+        bail!(
+            "{} has {} lines but {} has {}: aligned files need one translation per line",
+            source.display(),
+            s.len(),
+            target.display(),
+            t.len()
+        );
+    }
+    s.into_iter()
+        .zip(t)
+        .enumerate()
+        .map(|(i, (a, b))| {
+            pair(&a, &b).with_context(|| {
+                format!(
+                    "{}:{} and {}:{}",
+                    source.display(),
+                    i + 1,
+                    target.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+fn pair(source: &str, target: &str) -> Result<Pair> {
+    let (source, target) = (source.trim(), target.trim());
+    if source.is_empty() {
+        bail!("the source side is empty");
+    }
+    if target.is_empty() {
+        bail!("the target side is empty");
+    }
+    Ok(Pair {
+        source: source.to_string(),
+        target: target.to_string(),
+    })
+}
+
+/// Writes pairs as TSV (the format [`read_tsv`] reads), atomically.
+pub fn write_tsv(path: &Path, pairs: &[Pair]) -> Result<()> {
+    let mut text = String::new();
+    for p in pairs {
+        for side in [&p.source, &p.target] {
+            if side.contains(['\t', '\n', '\r']) {
+                bail!("cannot write {side:?} to TSV: it holds a tab or a line break");
+            }
+        }
+        text.push_str(&p.source);
+        text.push('\t');
+        text.push_str(&p.target);
+        text.push('\n');
+    }
+    downstream_core::atomic::write(path, text.as_bytes())
+}
+
+/// Where training data comes from: a TSV file or a named corpus (`--data`), or two aligned
+/// files (`--source` and `--target`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    Tsv(PathBuf),
+    Aligned { source: PathBuf, target: PathBuf },
+}
+
+impl Source {
+    pub fn read(&self) -> Result<Vec<Pair>> {
+        match self {
+            Self::Tsv(p) => read_tsv(p),
+            Self::Aligned { source, target } => read_aligned(source, target),
+        }
+    }
+}

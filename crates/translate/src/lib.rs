@@ -1,0 +1,5 @@
+//! `translate`: a BERT-initialised encoder-decoder translator fine-tuned through the shared
+//! engine, scored with BLEU and chrF exactly as sacreBLEU scores them.
+
+pub mod data;
+pub mod metric;

@@ -1,0 +1,6 @@
+//! Translation quality as sacreBLEU scores it: corpus BLEU and chrF, from integer statistics
+//! that add up segment by segment.
+
+pub mod bleu;
+pub mod chrf;
+pub mod tokenize;
