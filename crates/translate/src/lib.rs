@@ -2,4 +2,8 @@
 //! engine, scored with BLEU and chrF exactly as sacreBLEU scores them.
 
 pub mod data;
+pub mod dataset;
 pub mod metric;
+pub mod pipeline;
+pub mod search;
+pub mod translator;

@@ -371,9 +371,23 @@ impl Detach for Bert {
 impl Bert {
     /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
+        Self::load_with(dir, freeze, None, device)
+    }
+
+    /// [`Bert::load`]; with a `seed`, the same architecture with fresh weights instead of the
+    /// stored ones (a from-scratch baseline).
+    pub fn load_with(
+        dir: &Path,
+        freeze: Freeze,
+        seed: Option<u64>,
+        device: &Device,
+    ) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
         let config: BertConfig = super::read_config(&config_path, "BERT")?;
         let mut file = WeightFile::load(&dir.join("model.safetensors"), &["bert."], device)?;
+        if let Some(seed) = seed {
+            file = file.randomized(seed)?;
+        }
         let mut store = ParamStore::new();
         let model = Self::from_weights(config, &mut file, &mut store, freeze)
             .with_context(|| format!("loading BERT from {}", dir.display()))?;

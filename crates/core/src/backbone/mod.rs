@@ -36,10 +36,27 @@ pub fn load_text(
     freeze: Freeze,
     device: &Device,
 ) -> Result<(Bert, TextTokenizer, ParamStore)> {
-    let dir = downstream_hub::resolve(spec)?;
-    let (model, params) = Bert::load(&dir, freeze, device)?;
+    load_text_limited(spec, freeze, None, device)
+}
+
+/// [`load_text`], with the tokenizer truncating at `max_len` tokens if that is below the
+/// model's limit; `scratch:SPEC` gives the architecture with random weights (a from-scratch
+/// baseline), and the tokenizer of SPEC.
+pub fn load_text_limited(
+    spec: &str,
+    freeze: Freeze,
+    max_len: Option<usize>,
+    device: &Device,
+) -> Result<(Bert, TextTokenizer, ParamStore)> {
+    let (inner, seed) = match spec.strip_prefix(SCRATCH) {
+        Some(inner) => (inner, Some(0)),
+        None => (spec, None),
+    };
+    let dir = downstream_hub::resolve(inner)?;
+    let (model, params) = Bert::load_with(&dir, freeze, seed, device)?;
+    let limit = model.config.max_position_embeddings;
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tok_path, model.config.max_position_embeddings)
+    let tokenizer = TextTokenizer::from_file(&tok_path, max_len.map_or(limit, |m| m.min(limit)))
         .with_context(|| format!("backbone `{spec}` needs a tokenizer.json"))?;
     Ok((model, tokenizer, params))
 }

@@ -129,8 +129,9 @@ pub struct TrainArgs {
     /// TOML configuration file; flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Backbone: a model name (dinov2-s14, minilm-l6) or a Hugging Face-layout folder.
-    #[arg(long)]
+    /// Backbone (`--encoder` for a translator): a model name (dinov2-s14, minilm-l6) or a
+    /// Hugging Face-layout folder; `scratch:NAME` for its architecture with random weights.
+    #[arg(long, alias = "encoder")]
     pub backbone: Option<String>,
     /// Fine-tuning mode: frozen (head only; small data), full (everything; large data),
     /// partial:N (last N blocks and the head).
