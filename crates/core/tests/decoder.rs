@@ -225,3 +225,35 @@ fn a_trained_vocabulary_round_trips_text_and_places_its_special_tokens() {
     let back = TextTokenizer::from_file(&path, 64).unwrap();
     assert_eq!(back.ids(texts[0]).unwrap(), tok.ids(texts[0]).unwrap());
 }
+
+/// Dropout acts in the training passes of parts that train; a frozen encoder is a fixed
+/// function (its cached features must not depend on a dropout draw).
+#[test]
+fn dropout_acts_only_where_weights_train() {
+    use downstream_core::backbone::TextBatch;
+    use downstream_core::train::rng::{training_pass, Phase};
+    let dev = Device::Cpu;
+    let config = BertConfig {
+        hidden_dropout_prob: 0.3,
+        attention_probs_dropout_prob: 0.3,
+        ..small_config()
+    };
+    let batch = TextBatch {
+        input_ids: ids(&[&[2, 5, 9, 3], &[2, 7, 3, 0]]),
+        attention_mask: Tensor::from_vec(vec![1f32, 1., 1., 1., 1., 1., 1., 0.], (2, 4), &dev)
+            .unwrap(),
+        token_type_ids: Tensor::zeros((2, 4), candle_core::DType::U32, &dev).unwrap(),
+    };
+    let keys = [(0, 0), (1, 0)];
+    for (mode, drops) in [(Freeze::Frozen, false), (Freeze::Full, true)] {
+        let mut store = ParamStore::new();
+        let mut file = WeightFile::fresh(4, &dev);
+        let bert = Bert::from_weights(config.clone(), &mut file, &mut store, mode).unwrap();
+        let plain = bert.forward(&batch).unwrap();
+        let trained = training_pass(9, 1, Phase::Backbone, &keys, || {
+            bert.forward(&batch).unwrap()
+        });
+        let differs = max_diff(&plain, &trained) > 1e-4;
+        assert_eq!(differs, drops, "{mode}");
+    }
+}

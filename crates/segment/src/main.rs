@@ -189,11 +189,7 @@ fn run(cli: Cli) -> Result<()> {
         labels: LabelArgs::default(),
         input: InputArgs::default(),
         train: Box::default(),
-        run: RunArgs {
-            name: "demo".into(),
-            runs_dir: "runs".into(),
-            resume: false,
-        },
+        run: RunArgs::demo(),
     });
     match command {
         Command::Train {
@@ -307,12 +303,5 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    downstream_core::memory::tune_for_training();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    downstream_core::train::cli::main_with(|| run(Cli::parse()))
 }

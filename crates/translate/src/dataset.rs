@@ -115,4 +115,9 @@ impl Dataset for TranslationData {
     fn target(&self, index: usize, _view: u64) -> Result<Target> {
         Ok(self.targets[index].clone())
     }
+
+    /// Source and target tokens: what a batch pads to.
+    fn length(&self, index: usize) -> Option<usize> {
+        Some(self.sources[index].len() + self.targets[index].ids.len())
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod dataset;
+pub mod export;
 pub mod metric;
 pub mod pipeline;
 pub mod search;

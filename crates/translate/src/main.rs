@@ -131,6 +131,13 @@ enum Command {
         #[command(flatten)]
         search: SearchArgs,
     },
+    /// Write a trained run as a Hugging Face `EncoderDecoderModel` folder.
+    Export {
+        /// A run folder (runs/translate/NAME).
+        run: PathBuf,
+        /// Where to write the folder.
+        out: PathBuf,
+    },
     /// Fetch and prepare a named corpus (libreoffice-help-de-en, ding-de-en).
     Fetch { name: String },
 }
@@ -206,11 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         model: ModelArgs::default(),
         search: SearchArgs::default(),
         train: Box::default(),
-        run: RunArgs {
-            name: "demo".into(),
-            runs_dir: "runs".into(),
-            resume: false,
-        },
+        run: RunArgs::demo(),
     });
     match command {
         Command::Train {
@@ -321,6 +324,20 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(w, "{line}")?;
             }
         }
+        Command::Export { run, out } => {
+            let (cfg, translator, _) = pipeline::load_run(&run, &Device::Cpu)?;
+            let spec = &cfg.train.backbone;
+            let encoder_dir = downstream_hub::resolve(
+                spec.strip_prefix(downstream_core::backbone::SCRATCH)
+                    .unwrap_or(spec),
+            )?;
+            translate::export::export(&translator, &encoder_dir, &run, &out)?;
+            println!(
+                "{} -> {} (EncoderDecoderModel)",
+                run.display(),
+                out.display()
+            );
+        }
         Command::Fetch { name } => {
             let dir = match name.as_str() {
                 libreoffice::NAME => libreoffice::ensure()?,
@@ -338,12 +355,5 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    downstream_core::memory::tune_for_training();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    downstream_core::train::cli::main_with(|| run(Cli::parse()))
 }

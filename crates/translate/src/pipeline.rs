@@ -16,8 +16,7 @@ use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use downstream_core::train::{predict_all, Dataset};
 use serde::{Deserialize, Serialize};
 
-use crate::data::libreoffice::{self, Split};
-use crate::data::{ding, read_aligned, read_tsv, Pair};
+use crate::data::{ding, libreoffice, read_aligned, read_tsv, Pair, Split};
 use crate::dataset::TranslationData;
 use crate::metric::bleu::{self, Bleu, BleuStats};
 use crate::metric::chrf::{self, ChrfStats};
@@ -51,10 +50,10 @@ impl Default for TranslateConfig {
             model: ModelConfig::default(),
             train: TrainConfig {
                 backbone: downstream_core::backbone::DEFAULT_TEXT.into(),
-                epochs: 3,
+                epochs: 1,
                 batch: 32,
                 lr: 1e-3,
-                eval_subset: Some(300),
+                eval_subset: Some(200),
                 eval_batch: Some(64),
                 ..TrainConfig::default()
             },

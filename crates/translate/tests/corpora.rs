@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use translate::data::ding::{clean, line_pairs};
-use translate::data::libreoffice::{align, segments, Split};
-use translate::data::Pair;
+use translate::data::libreoffice::{align, segments, split_of_page};
+use translate::data::{Pair, Split};
 
 fn page(dir: &Path, rel: &str, body: &str) {
     let path = dir.join(rel);
@@ -76,9 +76,9 @@ fn help_pages_align_by_page_and_id_with_the_documented_filters() {
 
     let (splits, counts) = align(&en, &de).unwrap();
     assert_eq!(counts.pages, 2);
-    assert_eq!(Split::of_page("text/l.html"), Split::Test);
-    assert_eq!(Split::of_page("text/e.html"), Split::Val);
-    assert_eq!(Split::of_page("text/a.html"), Split::Train);
+    assert_eq!(split_of_page("text/l.html"), Split::Test);
+    assert_eq!(split_of_page("text/e.html"), Split::Val);
+    assert_eq!(split_of_page("text/a.html"), Split::Train);
     let pair = |s: &str, t: &str| Pair {
         source: s.into(),
         target: t.into(),

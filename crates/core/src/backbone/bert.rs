@@ -3,8 +3,9 @@
 //!
 //! A layer optionally carries cross-attention over an encoder's output; embeddings take a
 //! position offset so that incremental decoding embeds token `t` at position `t`. Dropout
-//! follows BERT's places (embeddings, attention weights, each sub-layer's output) and acts only
-//! in the engine's training passes.
+//! follows BERT's places (embeddings, attention weights, each sub-layer's output), acts only
+//! in the engine's training passes, and only in parts that train: a frozen part is a fixed
+//! function, as at inference, so that its outputs can be cached.
 
 use std::path::Path;
 
@@ -144,6 +145,7 @@ impl BertEmbeddings {
     /// `{prefix}.word_embeddings.weight` and the rest (an encoder's are at depth 0).
     pub fn load(ld: &mut Loader, prefix: &str, config: &BertConfig, depth: Depth) -> Result<Self> {
         let d = config.hidden_size;
+        let trains = ld.freeze.trains(depth, ld.num_blocks);
         Ok(Self {
             word: ld.param(
                 &format!("{prefix}.word_embeddings.weight"),
@@ -167,7 +169,11 @@ impl BertEmbeddings {
                 config.layer_norm_eps,
                 depth,
             )?,
-            dropout: config.hidden_dropout_prob,
+            dropout: if trains {
+                config.hidden_dropout_prob
+            } else {
+                0.0
+            },
         })
     }
 
@@ -259,6 +265,8 @@ impl BertLayer {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
         let heads = config.num_attention_heads;
+        let trains = ld.freeze.trains(depth, ld.num_blocks);
+        let rate = |p: f64| if trains { p } else { 0.0 };
         let attention_at = |ld: &mut Loader, at: &str| -> Result<(Attention, LayerNorm)> {
             let mut a = ld.attention(
                 [
@@ -271,7 +279,7 @@ impl BertLayer {
                 heads,
                 depth,
             )?;
-            a.probs_dropout = config.attention_probs_dropout_prob;
+            a.probs_dropout = rate(config.attention_probs_dropout_prob);
             let norm = ld.layer_norm(&format!("{prefix}.{at}.output.LayerNorm"), d, eps, depth)?;
             Ok((a, norm))
         };
@@ -298,7 +306,7 @@ impl BertLayer {
                 depth,
             )?,
             output_norm: ld.layer_norm(&format!("{prefix}.output.LayerNorm"), d, eps, depth)?,
-            dropout: config.hidden_dropout_prob,
+            dropout: rate(config.hidden_dropout_prob),
         })
     }
 

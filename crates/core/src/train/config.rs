@@ -56,6 +56,9 @@ pub struct TrainConfig {
     /// Also save the last checkpoint every this many steps (it is always saved per epoch).
     pub checkpoint_every: Option<u64>,
     pub feature_cache: CacheKind,
+    /// Batch examples of similar length together where the data set knows lengths (text), so
+    /// that little of a batch is padding.
+    pub group_by_length: bool,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +85,7 @@ impl Default for TrainConfig {
             patience: None,
             checkpoint_every: None,
             feature_cache: CacheKind::Memory,
+            group_by_length: true,
         }
     }
 }
@@ -315,6 +319,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The run a task's binary makes when called without arguments: `runs/<task>/demo`.
+    pub fn demo() -> Self {
+        Self {
+            name: "demo".into(),
+            runs_dir: "runs".into(),
+            resume: false,
+        }
+    }
+
     pub fn dir(&self, task: &str) -> PathBuf {
         self.runs_dir.join(task).join(&self.name)
     }

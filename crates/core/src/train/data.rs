@@ -26,6 +26,13 @@ pub trait Dataset: Sync {
 
     fn target(&self, index: usize, view: u64) -> Result<Self::Target>;
 
+    /// The size of an example (a text's tokens), if examples vary in size: training batches
+    /// then group examples of similar size ([`super::rng::epoch_batches`]) and inference
+    /// batches run in order of size, so that little of a batch is padding.
+    fn length(&self, _index: usize) -> Option<usize> {
+        None
+    }
+
     /// How many distinct augmented views may exist when features are cached, counting the
     /// plain view 0: 1 (the default) for data sets without augmentation.
     fn cached_views(&self) -> u64 {
@@ -71,6 +78,10 @@ impl<D: Dataset> Dataset for Subset<'_, D> {
 
     fn cached_views(&self) -> u64 {
         self.data.cached_views()
+    }
+
+    fn length(&self, index: usize) -> Option<usize> {
+        self.data.length(self.indices[index])
     }
 }
 

@@ -32,7 +32,14 @@ where
     T: Task,
     D: Dataset<Input = T::Input, Target = T::Target>,
 {
-    let keys: Vec<Key> = (0..data.len()).map(|i| (i, 0)).collect();
+    let mut keys: Vec<Key> = (0..data.len()).map(|i| (i, 0)).collect();
+    // Examples of similar size share a batch (keys say which output is which).
+    if let Some(lengths) = (0..data.len())
+        .map(|i| data.length(i))
+        .collect::<Option<Vec<usize>>>()
+    {
+        keys.sort_by_key(|&(i, _)| lengths[i]);
+    }
     let batches: Vec<Vec<Key>> = keys.chunks(batch.max(1)).map(|c| c.to_vec()).collect();
     let need = |k: &Key| cache.is_none_or(|c| !c.contains(*k));
     prefetched(data, batches, &need, |_, mut b| {
@@ -41,7 +48,8 @@ where
     })
 }
 
-/// Predictions of `task` for every example of `data` (unaugmented, in order), batch by batch
+/// Predictions of `task` for every example of `data` (unaugmented; in order, or by size where the
+/// data set knows sizes, with `keys` saying which is which), batch by batch
 /// into `sink`; features come from `cache` where it holds them.
 pub fn predict_all<T, D>(
     task: &T,

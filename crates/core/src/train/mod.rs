@@ -4,6 +4,7 @@
 //! detached weights), predicts, stops early, logs and plots. One concept per module.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod feature_cache;

@@ -6,7 +6,8 @@
 //! dropout in a forward pass by `(seed, step, k)` and the example it falls on. A run resumed
 //! at any step makes the same choices as one that never stopped, and the checkpoint needs only
 //! the seed and the position. Dropout masks are drawn per example, so that a batch split into
-//! micro-batches drops exactly what the whole batch would.
+//! micro-batches drops exactly what the whole batch would. Batches of text group examples of
+//! similar length ([`epoch_batches`]) by the same rule: a pure function of seed and epoch.
 
 use std::cell::RefCell;
 
@@ -38,6 +39,36 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut stream(seed, Purpose::Shuffle, epoch, 0));
     order
+}
+
+/// Pools of this many batches are sorted by length before they are cut into batches.
+const LENGTH_POOL: usize = 32;
+
+/// The batches of epoch `epoch`: `n` samples in [`epoch_order`], cut into batches of `batch`.
+/// With `lengths` (a text task's tokens per example), samples of similar length share a batch,
+/// so that little is padding: the shuffled order is cut into pools of [`LENGTH_POOL`] batches,
+/// each pool sorted by length and cut, and the batches shuffled again. The number of batches
+/// is the same either way, and all of it is a pure function of the seed and the epoch.
+pub fn epoch_batches(
+    seed: u64,
+    epoch: usize,
+    n: usize,
+    batch: usize,
+    lengths: Option<&[usize]>,
+) -> Vec<Vec<usize>> {
+    let batch = batch.max(1);
+    let order = epoch_order(seed, epoch, n);
+    let Some(lengths) = lengths else {
+        return order.chunks(batch).map(<[usize]>::to_vec).collect();
+    };
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(n.div_ceil(batch));
+    for pool in order.chunks(batch * LENGTH_POOL) {
+        let mut pool = pool.to_vec();
+        pool.sort_by_key(|&i| lengths[i]);
+        batches.extend(pool.chunks(batch).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut stream(seed, Purpose::Shuffle, epoch, 1));
+    batches
 }
 
 /// The augmentation view of sample `index` in epoch `epoch`: a value in `1..=u64::MAX` for
@@ -149,6 +180,37 @@ mod tests {
 
     #[test]
     fn orders_are_permutations_that_depend_on_seed_and_epoch() {
+        let by_length = epoch_batches(
+            3,
+            2,
+            1000,
+            16,
+            Some(&(0..1000).map(|i| (i * 37) % 101).collect::<Vec<_>>()),
+        );
+        assert_eq!(by_length.len(), 1000usize.div_ceil(16));
+        let mut all: Vec<usize> = by_length.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>(), "every sample once");
+        // Batches hold similar lengths: the spread within a batch is far below the range.
+        let spread: usize = by_length
+            .iter()
+            .map(|b| {
+                let l: Vec<usize> = b.iter().map(|&i| (i * 37) % 101).collect();
+                l.iter().max().unwrap() - l.iter().min().unwrap()
+            })
+            .sum::<usize>()
+            / by_length.len();
+        assert!(spread < 20, "mean spread {spread}");
+        assert_eq!(
+            by_length,
+            epoch_batches(
+                3,
+                2,
+                1000,
+                16,
+                Some(&(0..1000).map(|i| (i * 37) % 101).collect::<Vec<_>>())
+            )
+        );
         let a = epoch_order(7, 0, 50);
         let mut sorted = a.clone();
         sorted.sort();

@@ -1,4 +1,5 @@
-//! The training loop: batches in a seeded order, gradients (accumulated over micro-batches),
+//! The training loop: batches in a seeded order (of similar-length examples where the data set
+//! knows lengths), gradients (accumulated over micro-batches),
 //! clipping, the scheduled AdamW step, checkpoints, and evaluation every few epochs or steps
 //! with the best checkpoint kept and early stopping on the task's main metric.
 
@@ -256,6 +257,11 @@ where
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
+    let lengths: Option<Vec<usize>> = if cfg.group_by_length {
+        (0..train.len()).map(|i| train.length(i)).collect()
+    } else {
+        None
+    };
     // A budget of steps sets the epochs; its last epoch may be cut short.
     let epochs = match cfg.steps {
         Some(s) => s.div_ceil(steps_per_epoch) as usize,
@@ -342,17 +348,17 @@ where
 
     while !run.state.finished && run.state.epoch < epochs {
         let epoch = run.state.epoch;
-        let order = rng::epoch_order(cfg.seed, epoch, train.len());
-        let batches: Vec<Vec<Key>> = order
-            .chunks(cfg.batch)
-            .skip(run.state.batch)
-            .take(total_steps.saturating_sub(run.state.step) as usize)
-            .map(|b| {
-                b.iter()
-                    .map(|&i| (i, rng::view(cfg.seed, epoch, i, views)))
-                    .collect()
-            })
-            .collect();
+        let batches: Vec<Vec<Key>> =
+            rng::epoch_batches(cfg.seed, epoch, train.len(), cfg.batch, lengths.as_deref())
+                .into_iter()
+                .skip(run.state.batch)
+                .take(total_steps.saturating_sub(run.state.step) as usize)
+                .map(|b| {
+                    b.iter()
+                        .map(|&i| (i, rng::view(cfg.seed, epoch, i, views)))
+                        .collect()
+                })
+                .collect();
         run.progress
             .start_epoch(epoch, epochs, steps_per_epoch, run.state.batch as u64);
         let need = |k: &Key| !train_cache.contains(*k);

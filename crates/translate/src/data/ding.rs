@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use downstream_core::hash::fnv1a64;
 
-use super::libreoffice::Split;
-use super::{read_lines, write_tsv, Pair};
+use super::{ensure_pairs, read_lines, Pair, Split};
 
 /// The corpus's name (`--data ding-de-en`, `translate fetch ding-de-en`).
 pub const NAME: &str = "ding-de-en";
@@ -217,11 +216,7 @@ pub fn extract(path: &Path) -> Result<BTreeMap<Split, Vec<Pair>>> {
             if !seen.insert(pair.source.clone()) {
                 continue;
             }
-            let split = match fnv1a64(pair.target.as_bytes()) % 100 {
-                0..6 => Split::Test,
-                6..12 => Split::Val,
-                _ => Split::Train,
-            };
+            let split = Split::by_hash(fnv1a64(pair.target.as_bytes()), 6, 12);
             splits.entry(split).or_default().push(pair);
         }
     }
@@ -231,28 +226,5 @@ pub fn extract(path: &Path) -> Result<BTreeMap<Split, Vec<Pair>>> {
 /// The corpus's folder with `train.tsv`, `val.tsv` and `test.tsv`, fetched and extracted on
 /// first use.
 pub fn ensure() -> Result<PathBuf> {
-    let root = downstream_hub::datasets_root();
-    let dir = root.join(format!("{NAME}-pairs"));
-    let stamp = format!("{NAME} v{VERSION}");
-    if downstream_hub::atomic::completed(&dir).as_deref() == Some(stamp.as_str()) {
-        return Ok(dir);
-    }
-    let manifest = downstream_hub::manifest::find_dataset(NAME)?;
-    let raw = downstream_hub::ensure(&manifest, &root)?;
-    let splits = extract(&raw.join("de-en"))?;
-    downstream_hub::atomic::build_dir(&dir, &stamp, |out| {
-        for split in [Split::Train, Split::Val, Split::Test] {
-            let pairs = splits.get(&split).map_or(&[][..], Vec::as_slice);
-            write_tsv(&out.join(split.file_name()), pairs)?;
-        }
-        Ok(())
-    })?;
-    let n = |s| splits.get(&s).map_or(0, Vec::len);
-    eprintln!(
-        "{NAME}: {} train, {} validation, {} test pairs",
-        n(Split::Train),
-        n(Split::Val),
-        n(Split::Test)
-    );
-    Ok(dir)
+    ensure_pairs(NAME, VERSION, |raw| extract(&raw.join("de-en")))
 }

@@ -28,7 +28,7 @@ use downstream_core::hash::fnv1a64;
 use scraper::node::Node;
 use scraper::{ElementRef, Html, Selector};
 
-use super::{write_tsv, Pair};
+use super::{ensure_pairs, Pair, Split};
 
 /// The corpus's name (`--data libreoffice-help-de-en`, `translate fetch ...`).
 pub const NAME: &str = "libreoffice-help-de-en";
@@ -39,30 +39,9 @@ const FOOTER_IDS: [&str; 3] = ["bm_module", "bm_system", "bm_HID"];
 /// Changes whenever the pairs change.
 const VERSION: u32 = 1;
 
-/// Which split a page belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    pub fn of_page(page: &str) -> Self {
-        match fnv1a64(page.as_bytes()) % 100 {
-            0..5 => Self::Test,
-            5..10 => Self::Val,
-            _ => Self::Train,
-        }
-    }
-
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Self::Train => "train.tsv",
-            Self::Val => "val.tsv",
-            Self::Test => "test.tsv",
-        }
-    }
+/// The split of a page: FNV-1a of its path modulo 100, below 5 test, below 10 validation.
+pub fn split_of_page(page: &str) -> Split {
+    Split::by_hash(fnv1a64(page.as_bytes()), 5, 10)
 }
 
 /// The segments of one page: `(id, text)` in document order.
@@ -190,7 +169,7 @@ pub fn align(en: &Path, de: &Path) -> Result<(BTreeMap<Split, Vec<Pair>>, Counts
     for page in both {
         let (order, english) = by_id(segments(&read(en, page)?));
         let (_, german) = by_id(segments(&read(de, page)?));
-        let split = Split::of_page(page);
+        let split = split_of_page(page);
         for id in order {
             let (Some(source), Some(target)) = (english.get(&id), german.get(&id)) else {
                 continue;
@@ -221,32 +200,13 @@ pub fn align(en: &Path, de: &Path) -> Result<(BTreeMap<Split, Vec<Pair>>, Counts
 /// The corpus's folder with `train.tsv`, `val.tsv` and `test.tsv`, fetching the help pages and
 /// aligning them on first use.
 pub fn ensure() -> Result<PathBuf> {
-    let root = downstream_hub::datasets_root();
-    let dir = root.join(format!("{NAME}-pairs"));
-    let stamp = format!("{NAME} v{VERSION}");
-    if downstream_hub::atomic::completed(&dir).as_deref() == Some(stamp.as_str()) {
-        return Ok(dir);
-    }
-    let manifest = downstream_hub::manifest::find_dataset(NAME)?;
-    let raw = downstream_hub::ensure(&manifest, &root)?;
-    eprintln!(
-        "aligning the English and German help pages into {}",
-        dir.display()
-    );
-    let (splits, counts) = align(&raw.join("en-US"), &raw.join("de"))?;
-    downstream_hub::atomic::build_dir(&dir, &stamp, |out| {
-        for split in [Split::Train, Split::Val, Split::Test] {
-            let pairs = splits.get(&split).map_or(&[][..], Vec::as_slice);
-            write_tsv(&out.join(split.file_name()), pairs)?;
-        }
-        downstream_hub::atomic::write(
-            &out.join("counts.json"),
-            serde_json::to_string_pretty(&counts)?.as_bytes(),
-        )
-    })?;
-    eprintln!(
-        "{NAME}: {} pages, {} aligned segments, {} pairs kept: {} train, {} validation, {} test",
-        counts.pages, counts.aligned, counts.kept, counts.train, counts.val, counts.test
-    );
-    Ok(dir)
+    ensure_pairs(NAME, VERSION, |raw| {
+        eprintln!("aligning the English and German help pages");
+        let (splits, counts) = align(&raw.join("en-US"), &raw.join("de"))?;
+        eprintln!(
+            "{NAME}: {} pages, {} aligned segments, {} pairs kept",
+            counts.pages, counts.aligned, counts.kept
+        );
+        Ok(splits)
+    })
 }

@@ -9,6 +9,7 @@
 pub mod ding;
 pub mod libreoffice;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -143,4 +144,66 @@ impl Source {
             Self::Aligned { source, target } => read_aligned(source, target),
         }
     }
+}
+
+/// A fixed split of a named corpus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    /// By a stable hash modulo 100: below `test` test, below `val` validation, else training.
+    pub fn by_hash(hash: u64, test: u64, val: u64) -> Self {
+        match hash % 100 {
+            h if h < test => Self::Test,
+            h if h < val => Self::Val,
+            _ => Self::Train,
+        }
+    }
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Train => "train.tsv",
+            Self::Val => "val.tsv",
+            Self::Test => "test.tsv",
+        }
+    }
+}
+
+/// A named corpus's folder of `train.tsv`, `val.tsv` and `test.tsv` under the data-set cache:
+/// on first use (or when `version` changes) its raw files are fetched through the hub and
+/// `build` turns them into the splits, written whole or not at all.
+fn ensure_pairs(
+    name: &str,
+    version: u32,
+    build: impl FnOnce(&Path) -> Result<BTreeMap<Split, Vec<Pair>>>,
+) -> Result<PathBuf> {
+    let root = downstream_hub::datasets_root();
+    let dir = root.join(format!("{name}-pairs"));
+    let stamp = format!("{name} v{version}");
+    if downstream_hub::atomic::completed(&dir).as_deref() == Some(stamp.as_str()) {
+        return Ok(dir);
+    }
+    let manifest = downstream_hub::manifest::find_dataset(name)?;
+    let raw = downstream_hub::ensure(&manifest, &root)?;
+    let splits = build(&raw)?;
+    downstream_hub::atomic::build_dir(&dir, &stamp, |out| {
+        for split in [Split::Train, Split::Val, Split::Test] {
+            let pairs = splits.get(&split).map_or(&[][..], Vec::as_slice);
+            write_tsv(&out.join(split.file_name()), pairs)?;
+        }
+        Ok(())
+    })?;
+    let n = |s| splits.get(&s).map_or(0, Vec::len);
+    eprintln!(
+        "{name}: {} train, {} validation, {} test pairs in {}",
+        n(Split::Train),
+        n(Split::Val),
+        n(Split::Test),
+        dir.display()
+    );
+    Ok(dir)
 }
