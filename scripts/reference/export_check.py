@@ -39,6 +39,9 @@ generation_config.json (max_length = max_len + 1) is printed next to it for comp
 
 --write-fixture FILE writes JSON {sources, hf_token_ids, hf_texts} (sorted keys, indent 1,
 UTF-8) for CI: transformers' ids (without decoder_start and eos) and texts, one per source.
+--min-margin M leaves out of the fixture each sentence with a step whose top-2 logit margin is
+below M (and says which): a fixture that CI compares on other processors must not hinge on a
+near tie that other float reductions may flip. The check itself still covers every sentence.
 
 Lines are split as Rust's `str::lines` does (on "\\n", one trailing "\\r" dropped). Exit status
 0 when every sentence matches and the load report is clean, 1 otherwise.
@@ -231,6 +234,7 @@ def main():
     parser.add_argument("--sources", required=True, help="English sources, one per line")
     parser.add_argument("--ours", required=True, help="our translations, one per line, same order")
     parser.add_argument("--write-fixture", metavar="FILE", help="write {sources, hf_token_ids, hf_texts} JSON")
+    parser.add_argument("--min-margin", type=float, default=0.0, help="keep only clearer sentences in the fixture")
     parser.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="SearchConfig.max_len (128)")
     args = parser.parse_args()
 
@@ -267,7 +271,7 @@ def main():
     gen_capture = Capture()
     logging.getLogger("transformers").addHandler(gen_capture)
     transformers.utils.logging.disable_default_handler()
-    hf_ids_all, hf_texts, equal = [], [], 0
+    hf_ids_all, hf_texts, equal, kept = [], [], 0, []
     print(f"== {len(sources)} sentences")
     for n, (src, our_text) in enumerate(zip(sources, ours)):
         ids = source_tok.encode(src).ids
@@ -297,6 +301,10 @@ def main():
         margin = min(float(v[0] - v[1]) for v in top2)
         assert len(hf_ids) <= limit
         text = target_tok.decode(hf_ids, skip_special_tokens=True)
+        if margin >= args.min_margin:
+            kept.append(n)
+        else:
+            print(f"  [{n}] left out of the fixture: top-2 logit margin {margin:.4f} < {args.min_margin}")
         hf_ids_all.append(hf_ids)
         hf_texts.append(text)
         if text == our_text:
@@ -341,11 +349,15 @@ def main():
         print(f"    {len(kind)}x, first: {kind[0]}")
     print(f"== equal: {equal} / {len(sources)}; load report clean: {clean}")
     if args.write_fixture:
-        fixture = {"sources": sources, "hf_token_ids": hf_ids_all, "hf_texts": hf_texts}
+        fixture = {
+            "sources": [sources[n] for n in kept],
+            "hf_token_ids": [hf_ids_all[n] for n in kept],
+            "hf_texts": [hf_texts[n] for n in kept],
+        }
         with open(args.write_fixture, "w", encoding="utf-8") as f:
             json.dump(fixture, f, sort_keys=True, indent=1, ensure_ascii=False)
             f.write("\n")
-        print(f"wrote {args.write_fixture}")
+        print(f"wrote {args.write_fixture}: {len(kept)} of {len(sources)} sentences")
     sys.exit(0 if equal == len(sources) and clean else 1)
 
 

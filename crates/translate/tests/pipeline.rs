@@ -5,110 +5,21 @@
 //! and line with no run folder left behind.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use candle_core::Device;
-use downstream_core::backbone::{Bert, BertConfig};
-use downstream_core::params::WeightFile;
 use downstream_core::tokenizer::TextTokenizer;
-use downstream_core::train::config::{DataConfig, TrainConfig};
 use downstream_core::train::trainer::RunOptions;
-use downstream_core::{Freeze, ParamStore};
-use translate::data::{write_tsv, Pair};
+use downstream_core::Freeze;
+use translate::data::write_tsv;
 use translate::dataset::TranslationData;
-use translate::pipeline::{self, TranslateConfig};
+use translate::pipeline;
 use translate::translator::{ModelConfig, Translator};
 
-const WORDS: [(&str, &str); 12] = [
-    ("red", "rote"),
-    ("green", "grüne"),
-    ("small", "kleine"),
-    ("old", "alte"),
-    ("cat", "Katze"),
-    ("house", "Haus"),
-    ("window", "Fenster"),
-    ("table", "Tisch"),
-    ("sees", "sieht"),
-    ("opens", "öffnet"),
-    ("closes", "schließt"),
-    ("finds", "findet"),
-];
-
-/// `n` sentence pairs of a tiny grammar, "the ADJ NOUN VERB the NOUN ." word for word.
-fn corpus(n: usize) -> Vec<Pair> {
-    (0..n)
-        .map(|i| {
-            let pick = |k: usize, from: usize, to: usize| from + (i * k + i / 3) % (to - from);
-            let (a, s, v, o) = (pick(1, 0, 4), pick(3, 4, 8), pick(5, 8, 12), pick(7, 4, 8));
-            Pair {
-                source: format!(
-                    "the {} {} {} the {} .",
-                    WORDS[a].0, WORDS[s].0, WORDS[v].0, WORDS[o].0
-                ),
-                target: format!(
-                    "die {} {} {} das {} .",
-                    WORDS[a].1, WORDS[s].1, WORDS[v].1, WORDS[o].1
-                ),
-            }
-        })
-        .collect()
-}
-
-/// A tiny random BERT encoder folder (config, weights, a source vocabulary) under `dir`.
-fn tiny_encoder(dir: &Path) -> PathBuf {
-    let out = dir.join("encoder");
-    std::fs::create_dir_all(&out).unwrap();
-    let texts: Vec<String> = corpus(200).into_iter().map(|p| p.source).collect();
-    let tok = TextTokenizer::train_bpe(texts.iter(), 60, 64).unwrap();
-    tok.save(&out.join("tokenizer.json")).unwrap();
-    let config = BertConfig {
-        vocab_size: tok.vocab_size(),
-        hidden_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 64,
-        ..BertConfig::default()
-    };
-    let mut store = ParamStore::new();
-    let mut file = WeightFile::fresh(1, &Device::Cpu);
-    Bert::from_weights(config.clone(), &mut file, &mut store, Freeze::Full).unwrap();
-    store.save(&out.join("model.safetensors")).unwrap();
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
-    out
-}
-
-fn config(dir: &Path, train: PathBuf, mode: Freeze) -> TranslateConfig {
-    TranslateConfig {
-        data: DataConfig {
-            train: Some(train),
-            val_fraction: Some(0.2),
-            ..DataConfig::default()
-        },
-        aligned: None,
-        model: ModelConfig {
-            decoder_layers: 1,
-            vocab_size: 60,
-            max_source_len: 32,
-            max_target_len: 32,
-            ..ModelConfig::default()
-        },
-        train: TrainConfig {
-            backbone: tiny_encoder(dir).display().to_string(),
-            mode,
-            epochs: 2,
-            batch: 16,
-            lr: 3e-3,
-            ..TrainConfig::default()
-        },
-    }
-}
+mod common;
+use common::{config, corpus, tiny_encoder};
 
 fn quiet(dir: &Path) -> RunOptions {
     RunOptions {
@@ -121,12 +32,13 @@ fn quiet(dir: &Path) -> RunOptions {
 fn every_mode_reaches_every_parameter_it_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let pairs = corpus(20);
+    let encoder = tiny_encoder(tmp.path());
     let target = Arc::new(
         TextTokenizer::train_bpe(pairs.iter().map(|p| p.target.as_str()), 60, 32).unwrap(),
     );
     for mode in [Freeze::Frozen, Freeze::Full, Freeze::Partial(1)] {
         for warm in [true, false] {
-            let cfg = config(tmp.path(), tmp.path().join("unused.tsv"), mode);
+            let cfg = config(&encoder, tmp.path().join("unused.tsv"), mode);
             let model = ModelConfig {
                 warm_start: warm,
                 ..cfg.model.clone()
@@ -151,7 +63,7 @@ fn training_raises_bleu_and_the_commands_work_on_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let tsv = tmp.path().join("pairs.tsv");
     write_tsv(&tsv, &corpus(400)).unwrap();
-    let mut cfg = config(tmp.path(), tsv.clone(), Freeze::Full);
+    let mut cfg = config(&tiny_encoder(tmp.path()), tsv.clone(), Freeze::Full);
     let run_dir = tmp.path().join("runs/translate/toy");
 
     // The untrained model's BLEU, through the same path as evaluation.

@@ -1,6 +1,7 @@
 //! Checkpoints: trainable weights, optimizer moments and the training position in one
 //! safetensors file, with the position and resolved configuration in its metadata. Written
-//! atomically, so a crash while saving leaves the previous checkpoint loadable.
+//! atomically, so a crash while saving leaves the previous checkpoint loadable. A weights-only
+//! checkpoint (no moments) ships a trained model; it cannot resume a run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,11 +50,33 @@ pub fn save(
     state: &TrainState,
     config: &serde_json::Value,
 ) -> Result<()> {
+    write(path, params, optimizer.state(), state, config)
+}
+
+/// Saves the trainable parameters and `state` without the optimizer's moments: a third of the
+/// size, for shipping a trained model (it loads for inference like any checkpoint, but a run
+/// cannot resume from it).
+pub fn save_weights(
+    path: &Path,
+    params: &ParamStore,
+    state: &TrainState,
+    config: &serde_json::Value,
+) -> Result<()> {
+    write(path, params, Vec::new(), state, config)
+}
+
+fn write(
+    path: &Path,
+    params: &ParamStore,
+    extra: Vec<(String, Tensor)>,
+    state: &TrainState,
+    config: &serde_json::Value,
+) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = params
         .trainable()
         .map(|p| (format!("param.{}", p.name), p.tensor().clone()))
         .collect();
-    tensors.extend(optimizer.state());
+    tensors.extend(extra);
     let metadata = HashMap::from([
         (STATE_KEY.to_string(), serde_json::to_string(state)?),
         (CONFIG_KEY.to_string(), serde_json::to_string(config)?),
