@@ -40,6 +40,9 @@ struct ModelArgs {
     /// Entries of the target vocabulary trained on the training targets.
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// The encoder block the decoder reads (default: the middle one; the blocks above are not run).
+    #[arg(long)]
+    encoder_blocks: Option<usize>,
     /// Layers of the decoder.
     #[arg(long)]
     decoder_layers: Option<usize>,
@@ -160,6 +163,9 @@ fn train_config(
         }
         if let Some(v) = model.vocab_size {
             cfg.model.vocab_size = v;
+        }
+        if model.encoder_blocks.is_some() {
+            cfg.model.encoder_blocks = model.encoder_blocks;
         }
         if let Some(l) = model.decoder_layers {
             cfg.model.decoder_layers = l;

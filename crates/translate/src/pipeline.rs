@@ -51,7 +51,7 @@ impl Default for TranslateConfig {
             train: TrainConfig {
                 backbone: downstream_core::backbone::DEFAULT_TEXT.into(),
                 epochs: 1,
-                batch: 32,
+                batch: 16,
                 lr: 1e-3,
                 eval_subset: Some(200),
                 eval_batch: Some(64),
@@ -160,16 +160,19 @@ pub fn load_pairs(cfg: &TranslateConfig) -> Result<Splits> {
     })
 }
 
-/// The run's target vocabulary: read from the run folder if it has one, else trained on the
-/// training targets and saved there.
+/// The run's target vocabulary: a resumed run reads the one in its folder; a new run trains one
+/// on the training targets and saves it there, replacing what an earlier run of the same name
+/// left (its size or data may have been different).
 pub fn target_tokenizer(
     run_dir: &Path,
     train: &[Pair],
     model: &ModelConfig,
+    resume: bool,
 ) -> Result<TextTokenizer> {
     let path = run_dir.join("tokenizer.json");
-    if path.is_file() {
-        return TextTokenizer::from_file(&path, model.max_target_len);
+    if resume {
+        return TextTokenizer::from_file(&path, model.max_target_len)
+            .with_context(|| format!("{}: the run's target vocabulary", path.display()));
     }
     let tokenizer = TextTokenizer::train_bpe(
         train.iter().map(|p| p.target.as_str()),
@@ -247,7 +250,12 @@ pub fn train(cfg: &TranslateConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let device = run.device.clone();
     let splits = load_pairs(cfg)?;
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
-    let target = Arc::new(target_tokenizer(&run.dir, &splits.train, &cfg.model)?);
+    let target = Arc::new(target_tokenizer(
+        &run.dir,
+        &splits.train,
+        &cfg.model,
+        run.resume,
+    )?);
     let (translator, source) = Translator::new(&cfg.train, &cfg.model, target.clone(), &device)?;
     let train_data = TranslationData::new(&splits.train, &source, &target)?;
     let val_data = TranslationData::new(&splits.val, &source, &target)?;

@@ -59,6 +59,48 @@ fn every_mode_reaches_every_parameter_it_trains() {
 }
 
 #[test]
+fn the_encoder_ends_at_the_block_the_decoder_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let encoder = tiny_encoder(tmp.path());
+    let pairs = corpus(20);
+    let target = Arc::new(
+        TextTokenizer::train_bpe(pairs.iter().map(|p| p.target.as_str()), 60, 32).unwrap(),
+    );
+    let mut cfg = config(&encoder, tmp.path().join("unused.tsv"), Freeze::Full);
+    // The tiny encoder has 2 blocks; absent, the decoder reads the middle one (block 1).
+    for (blocks, used) in [(Some(1), 1), (None, 1), (Some(2), 2)] {
+        cfg.model.encoder_blocks = blocks;
+        let (t, _) = Translator::new(&cfg.train, &cfg.model, target.clone(), &Device::Cpu).unwrap();
+        assert_eq!(t.encoder.num_layers(), used, "{blocks:?}");
+        let above = t.params.iter().any(|p| p.name.starts_with("encoder.layer.1."));
+        assert_eq!(above, used == 2, "{blocks:?}: block 2's weights loaded: {above}");
+    }
+    cfg.model.encoder_blocks = Some(3);
+    match Translator::new(&cfg.train, &cfg.model, target, &Device::Cpu) {
+        Ok(_) => panic!("block 3 of a 2-block encoder was accepted"),
+        Err(e) => assert!(format!("{e:#}").contains("block 3"), "{e:#}"),
+    }
+}
+
+#[test]
+fn a_new_run_trains_its_own_vocabulary_and_a_resumed_one_keeps_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = corpus(40);
+    let mut model = ModelConfig {
+        vocab_size: 60,
+        ..ModelConfig::default()
+    };
+    let first = pipeline::target_tokenizer(tmp.path(), &pairs, &model, false).unwrap();
+    // The same run name again with another size: the earlier vocabulary is not reused.
+    model.vocab_size = 50;
+    let second = pipeline::target_tokenizer(tmp.path(), &pairs, &model, false).unwrap();
+    assert_ne!(first.vocab_size(), second.vocab_size());
+    model.vocab_size = 60;
+    let resumed = pipeline::target_tokenizer(tmp.path(), &pairs, &model, true).unwrap();
+    assert_eq!(resumed.vocab_size(), second.vocab_size());
+}
+
+#[test]
 fn training_raises_bleu_and_the_commands_work_on_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let tsv = tmp.path().join("pairs.tsv");
@@ -69,7 +111,9 @@ fn training_raises_bleu_and_the_commands_work_on_the_run() {
     // The untrained model's BLEU, through the same path as evaluation.
     let splits = pipeline::load_pairs(&cfg).unwrap();
     std::fs::create_dir_all(&run_dir).unwrap();
-    let target = Arc::new(pipeline::target_tokenizer(&run_dir, &splits.train, &cfg.model).unwrap());
+    let target = Arc::new(
+        pipeline::target_tokenizer(&run_dir, &splits.train, &cfg.model, false).unwrap(),
+    );
     let (untrained, source) =
         Translator::new(&cfg.train, &cfg.model, target.clone(), &Device::Cpu).unwrap();
     let val = TranslationData::new(&splits.val, &source, &target).unwrap();

@@ -379,19 +379,31 @@ impl Detach for Bert {
 impl Bert {
     /// Loads `config.json` and `model.safetensors` from an HF-layout directory.
     pub fn load(dir: &Path, freeze: Freeze, device: &Device) -> Result<(Self, ParamStore)> {
-        Self::load_with(dir, freeze, None, device)
+        Self::load_with(dir, freeze, None, None, device)
     }
 
     /// [`Bert::load`]; with a `seed`, the same architecture with fresh weights instead of the
-    /// stored ones (a from-scratch baseline).
+    /// stored ones (a from-scratch baseline); with `blocks`, only the first that many blocks
+    /// (the model then ends at that block's output).
     pub fn load_with(
         dir: &Path,
         freeze: Freeze,
         seed: Option<u64>,
+        blocks: Option<usize>,
         device: &Device,
     ) -> Result<(Self, ParamStore)> {
         let config_path = dir.join("config.json");
-        let config: BertConfig = super::read_config(&config_path, "BERT")?;
+        let mut config: BertConfig = super::read_config(&config_path, "BERT")?;
+        if let Some(n) = blocks {
+            let all = config.num_hidden_layers;
+            if n == 0 || n > all {
+                bail!(
+                    "{}: cannot read block {n}: the model has blocks 1 to {all}",
+                    dir.display()
+                );
+            }
+            config.num_hidden_layers = n;
+        }
         let mut file = WeightFile::load(&dir.join("model.safetensors"), &["bert."], device)?;
         if let Some(seed) = seed {
             file = file.randomized(seed)?;

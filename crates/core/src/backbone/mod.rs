@@ -36,16 +36,19 @@ pub fn load_text(
     freeze: Freeze,
     device: &Device,
 ) -> Result<(Bert, TextTokenizer, ParamStore)> {
-    load_text_limited(spec, freeze, None, device)
+    load_text_limited(spec, freeze, None, None, device)
 }
 
 /// [`load_text`], with the tokenizer truncating at `max_len` tokens if that is below the
-/// model's limit; `scratch:SPEC` gives the architecture with random weights (a from-scratch
-/// baseline), and the tokenizer of SPEC.
+/// model's limit, and with `blocks` only the first that many blocks (a task reading an
+/// intermediate block: the ones above are neither loaded, run, trained nor counted by freeze
+/// modes and layer decay); `scratch:SPEC` gives the architecture with random weights (a
+/// from-scratch baseline), and the tokenizer of SPEC.
 pub fn load_text_limited(
     spec: &str,
     freeze: Freeze,
     max_len: Option<usize>,
+    blocks: Option<usize>,
     device: &Device,
 ) -> Result<(Bert, TextTokenizer, ParamStore)> {
     let (inner, seed) = match spec.strip_prefix(SCRATCH) {
@@ -53,12 +56,20 @@ pub fn load_text_limited(
         None => (spec, None),
     };
     let dir = downstream_hub::resolve(inner)?;
-    let (model, params) = Bert::load_with(&dir, freeze, seed, device)?;
+    let (model, params) = Bert::load_with(&dir, freeze, seed, blocks, device)?;
     let limit = model.config.max_position_embeddings;
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = TextTokenizer::from_file(&tok_path, max_len.map_or(limit, |m| m.min(limit)))
         .with_context(|| format!("backbone `{spec}` needs a tokenizer.json"))?;
     Ok((model, tokenizer, params))
+}
+
+/// The configuration of the text backbone `spec` names (`scratch:SPEC` included), without
+/// loading its weights.
+pub fn text_config(spec: &str) -> Result<BertConfig> {
+    let inner = spec.strip_prefix(SCRATCH).unwrap_or(spec);
+    let dir = downstream_hub::resolve(inner)?;
+    read_config(&dir.join("config.json"), "BERT")
 }
 
 /// Prefix of a backbone spec that asks for the architecture without its pretrained weights.

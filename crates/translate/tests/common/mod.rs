@@ -88,6 +88,7 @@ pub fn config(encoder: &Path, train: PathBuf, mode: Freeze) -> TranslateConfig {
         },
         aligned: None,
         model: ModelConfig {
+            encoder_blocks: Some(2),
             decoder_layers: 1,
             vocab_size: 60,
             max_source_len: 32,
