@@ -332,11 +332,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export { run, out } => {
             let (cfg, translator, _) = pipeline::load_run(&run, &Device::Cpu)?;
-            let spec = &cfg.train.backbone;
-            let encoder_dir = downstream_hub::resolve(
-                spec.strip_prefix(downstream_core::backbone::SCRATCH)
-                    .unwrap_or(spec),
-            )?;
+            let (encoder_dir, _) = downstream_core::backbone::resolve(&cfg.train.backbone)?;
             translate::export::export(&translator, &encoder_dir, &run, &out)?;
             println!(
                 "{} -> {} (EncoderDecoderModel)",

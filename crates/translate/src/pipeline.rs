@@ -161,8 +161,8 @@ pub fn load_pairs(cfg: &TranslateConfig) -> Result<Splits> {
 }
 
 /// The run's target vocabulary: a resumed run reads the one in its folder; a new run trains one
-/// on the training targets and saves it there, replacing what an earlier run of the same name
-/// left (its size or data may have been different).
+/// on the training targets (the caller saves it once the model is built, replacing what an
+/// earlier run of the same name left: its size or data may have been different).
 pub fn target_tokenizer(
     run_dir: &Path,
     train: &[Pair],
@@ -174,13 +174,11 @@ pub fn target_tokenizer(
         return TextTokenizer::from_file(&path, model.max_target_len)
             .with_context(|| format!("{}: the run's target vocabulary", path.display()));
     }
-    let tokenizer = TextTokenizer::train_bpe(
+    TextTokenizer::train_bpe(
         train.iter().map(|p| p.target.as_str()),
         model.vocab_size,
         model.max_target_len,
-    )?;
-    tokenizer.save(&path)?;
-    Ok(tokenizer)
+    )
 }
 
 /// BLEU and chrF of a set of translations, with BLEU's parts.
@@ -257,6 +255,14 @@ pub fn train(cfg: &TranslateConfig, run: &RunOptions) -> Result<TrainOutcome> {
         run.resume,
     )?);
     let (translator, source) = Translator::new(&cfg.train, &cfg.model, target.clone(), &device)?;
+    if !run.resume {
+        target.save(&run.dir.join("tokenizer.json"))?;
+    }
+    // The run folder keeps the block read as a number, so that a later change of the default
+    // cannot change what its checkpoints mean.
+    let mut cfg = cfg.clone();
+    cfg.model.encoder_blocks = Some(translator.encoder.num_layers());
+    let cfg = &cfg;
     let train_data = TranslationData::new(&splits.train, &source, &target)?;
     let val_data = TranslationData::new(&splits.val, &source, &target)?;
     let truncated = (

@@ -29,6 +29,12 @@ fn export_is_unchanged_and_our_greedy_search_equals_transformers() {
          scripts/reference/export_fixture.sh"
     );
 
+    // The fixture's decoder reads block 1 of its encoder's 2: the export holds that one only.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["encoder"]["num_hidden_layers"], 1, "{config}");
+
     let hf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("hf_greedy.json")).unwrap())
             .unwrap();

@@ -72,8 +72,22 @@ fn the_encoder_ends_at_the_block_the_decoder_reads() {
         cfg.model.encoder_blocks = blocks;
         let (t, _) = Translator::new(&cfg.train, &cfg.model, target.clone(), &Device::Cpu).unwrap();
         assert_eq!(t.encoder.num_layers(), used, "{blocks:?}");
-        let above = t.params.iter().any(|p| p.name.starts_with("encoder.layer.1."));
-        assert_eq!(above, used == 2, "{blocks:?}: block 2's weights loaded: {above}");
+        let above = t
+            .params
+            .iter()
+            .any(|p| p.name.starts_with("encoder.layer.1."));
+        assert_eq!(
+            above,
+            used == 2,
+            "{blocks:?}: block 2's weights loaded: {above}"
+        );
+    }
+    // A warm start with more decoder layers than encoder blocks to copy is refused.
+    cfg.model.encoder_blocks = Some(1);
+    cfg.model.decoder_layers = 2;
+    match Translator::new(&cfg.train, &cfg.model, target.clone(), &Device::Cpu) {
+        Ok(_) => panic!("2 warm decoder layers from 1 encoder block were accepted"),
+        Err(e) => assert!(format!("{e:#}").contains("--no-warm-start"), "{e:#}"),
     }
     cfg.model.encoder_blocks = Some(3);
     match Translator::new(&cfg.train, &cfg.model, target, &Device::Cpu) {
@@ -91,13 +105,14 @@ fn a_new_run_trains_its_own_vocabulary_and_a_resumed_one_keeps_its_own() {
         ..ModelConfig::default()
     };
     let first = pipeline::target_tokenizer(tmp.path(), &pairs, &model, false).unwrap();
-    // The same run name again with another size: the earlier vocabulary is not reused.
-    model.vocab_size = 50;
+    first.save(&tmp.path().join("tokenizer.json")).unwrap();
+    // The same run name again with another size: the earlier vocabulary is not reused...
+    model.vocab_size = 40;
     let second = pipeline::target_tokenizer(tmp.path(), &pairs, &model, false).unwrap();
     assert_ne!(first.vocab_size(), second.vocab_size());
-    model.vocab_size = 60;
+    // ...but a resumed run keeps its own.
     let resumed = pipeline::target_tokenizer(tmp.path(), &pairs, &model, true).unwrap();
-    assert_eq!(resumed.vocab_size(), second.vocab_size());
+    assert_eq!(resumed.vocab_size(), first.vocab_size());
 }
 
 #[test]
@@ -106,14 +121,15 @@ fn training_raises_bleu_and_the_commands_work_on_the_run() {
     let tsv = tmp.path().join("pairs.tsv");
     write_tsv(&tsv, &corpus(400)).unwrap();
     let mut cfg = config(&tiny_encoder(tmp.path()), tsv.clone(), Freeze::Full);
+    // The default block (the middle one of two), which the run folder must record as a number.
+    cfg.model.encoder_blocks = None;
     let run_dir = tmp.path().join("runs/translate/toy");
 
     // The untrained model's BLEU, through the same path as evaluation.
     let splits = pipeline::load_pairs(&cfg).unwrap();
     std::fs::create_dir_all(&run_dir).unwrap();
-    let target = Arc::new(
-        pipeline::target_tokenizer(&run_dir, &splits.train, &cfg.model, false).unwrap(),
-    );
+    let target =
+        Arc::new(pipeline::target_tokenizer(&run_dir, &splits.train, &cfg.model, false).unwrap());
     let (untrained, source) =
         Translator::new(&cfg.train, &cfg.model, target.clone(), &Device::Cpu).unwrap();
     let val = TranslationData::new(&splits.val, &source, &target).unwrap();
@@ -134,6 +150,8 @@ fn training_raises_bleu_and_the_commands_work_on_the_run() {
         "BLEU must rise with training: {before:.1} before, {after:.1} after"
     );
     assert!(run_dir.join("val_translations.txt").is_file());
+    let saved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(saved.contains("encoder_blocks = 1"), "{saved}");
 
     // predict: standard input in, one line out per line in, in order (an empty line stays).
     let bin = env!("CARGO_BIN_EXE_translate");

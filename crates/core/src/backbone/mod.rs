@@ -51,11 +51,7 @@ pub fn load_text_limited(
     blocks: Option<usize>,
     device: &Device,
 ) -> Result<(Bert, TextTokenizer, ParamStore)> {
-    let (inner, seed) = match spec.strip_prefix(SCRATCH) {
-        Some(inner) => (inner, Some(0)),
-        None => (spec, None),
-    };
-    let dir = downstream_hub::resolve(inner)?;
+    let (dir, seed) = resolve(spec)?;
     let (model, params) = Bert::load_with(&dir, freeze, seed, blocks, device)?;
     let limit = model.config.max_position_embeddings;
     let tok_path = dir.join("tokenizer.json");
@@ -67,13 +63,21 @@ pub fn load_text_limited(
 /// The configuration of the text backbone `spec` names (`scratch:SPEC` included), without
 /// loading its weights.
 pub fn text_config(spec: &str) -> Result<BertConfig> {
-    let inner = spec.strip_prefix(SCRATCH).unwrap_or(spec);
-    let dir = downstream_hub::resolve(inner)?;
-    read_config(&dir.join("config.json"), "BERT")
+    read_config(&resolve(spec)?.0.join("config.json"), "BERT")
 }
 
 /// Prefix of a backbone spec that asks for the architecture without its pretrained weights.
 pub const SCRATCH: &str = "scratch:";
+
+/// The folder a backbone spec names (fetched on first use), and the seed of fresh weights for
+/// a `scratch:` spec.
+pub fn resolve(spec: &str) -> Result<(std::path::PathBuf, Option<u64>)> {
+    let (inner, seed) = match spec.strip_prefix(SCRATCH) {
+        Some(inner) => (inner, Some(0)),
+        None => (spec, None),
+    };
+    Ok((downstream_hub::resolve(inner)?, seed))
+}
 
 /// A vision backbone from a model name (fetched on first use) or an HF-layout folder, loaded up
 /// to what the head reads; `scratch:SPEC` gives the same architecture randomly initialised (a
@@ -84,17 +88,8 @@ pub fn load_vision(
     readout: Readout,
     device: &Device,
 ) -> Result<(Vit, ParamStore)> {
-    let (inner, seed) = match spec.strip_prefix(SCRATCH) {
-        Some(inner) => (inner, Some(0)),
-        None => (spec, None),
-    };
-    Vit::load_with(
-        &downstream_hub::resolve(inner)?,
-        freeze,
-        readout,
-        seed,
-        device,
-    )
+    let (dir, seed) = resolve(spec)?;
+    Vit::load_with(&dir, freeze, readout, seed, device)
 }
 
 /// ImageNet mean and standard deviation per RGB channel, which both ViT and DINOv2

@@ -146,8 +146,28 @@ pub fn restore_best_else_last(
 }
 
 impl Checkpoint {
-    /// Copies the saved weights into `params`' trainable parameters; every one must be present.
+    /// Copies the saved weights into `params`' trainable parameters; every one must be present,
+    /// and every saved weight must have a place: weights left over mean the checkpoint belongs
+    /// to another model (more blocks, another head), which would otherwise load silently.
     pub fn restore_params(&self, params: &ParamStore) -> Result<()> {
+        let names: std::collections::HashSet<String> = params
+            .trainable()
+            .map(|p| format!("param.{}", p.name))
+            .collect();
+        let mut extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with("param.") && !names.contains(*k))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort();
+            bail!(
+                "the checkpoint has {} weights this model does not (first: `{}`): it was saved by \
+                 a model of another shape or mode",
+                extra.len(),
+                extra[0]
+            );
+        }
         for p in params.trainable() {
             let key = format!("param.{}", p.name);
             let t = self
@@ -164,5 +184,60 @@ impl Checkpoint {
             p.var().expect("trainable").set(t)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn store(names: &[&str], value: f64) -> ParamStore {
+        let mut s = ParamStore::new();
+        for n in names {
+            let t = (Tensor::ones(3, DType::F32, &Device::Cpu).unwrap() * value).unwrap();
+            s.insert(n, t, 0, true).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn weights_only_checkpoints_restore_and_weights_without_a_place_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let state = TrainState {
+            step: 7,
+            epoch: 1,
+            batch: 0,
+            seed: 0,
+            best_metric: None,
+            best_step: None,
+            evals_since_best: 0,
+            finished: true,
+        };
+        save_weights(
+            &path,
+            &store(&["a", "b"], 2.0),
+            &state,
+            &serde_json::Value::Null,
+        )
+        .unwrap();
+        let saved = load(&path, &Device::Cpu).unwrap();
+        assert_eq!(saved.state, state);
+        assert!(saved.tensors.keys().all(|k| k.starts_with("param.")));
+
+        let same = store(&["a", "b"], 0.0);
+        saved.restore_params(&same).unwrap();
+        let a: Vec<f32> = same.get("a").unwrap().tensor().to_vec1().unwrap();
+        assert_eq!(a, vec![2.0; 3]);
+
+        // A model with fewer weights (fewer blocks) must not take the checkpoint silently.
+        let err = saved
+            .restore_params(&store(&["a"], 0.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`param.b`"), "{err}");
+        // Nor one with more.
+        assert!(saved.restore_params(&store(&["a", "b", "c"], 0.0)).is_err());
     }
 }
