@@ -1,8 +1,10 @@
 //! Train, evaluate and predict: what the `translate` commands do, as library functions.
 //!
 //! A run folder holds, besides the engine's files, the target vocabulary it trained
-//! (`tokenizer.json`), trained once on the training targets and read back on resume, in
-//! evaluation and in prediction.
+//! (`tokenizer.json`), trained anew by every new run on its training targets (an earlier run of
+//! the same name is replaced, never half-reused) and read back on resume, in evaluation and in
+//! prediction; its `config.toml` records the encoder block read as a number, so that its
+//! checkpoints keep their meaning when the default changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
