@@ -24,8 +24,16 @@ enum Command {
         #[command(subcommand)]
         command: DatasetsCommand,
     },
-    /// Time the backbones and their hot ops against PyTorch (writes runs/bench/report.md).
+    /// Time the backbones, task heads, optimizer and hot ops, side by side with PyTorch with
+    /// --vs-torch (writes target/bench/latest.json and report.md).
     Bench(bench::BenchArgs),
+    /// One bench row, in a process of its own (started by `bench`).
+    #[command(hide = true)]
+    BenchRow {
+        id: String,
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -47,6 +55,7 @@ enum ModelsCommand {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(args)?,
+        Command::BenchRow { id, runs } => bench::run_row(&id, runs)?,
         Command::Models {
             command: ModelsCommand::List,
         } => {

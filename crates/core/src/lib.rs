@@ -7,6 +7,7 @@ pub mod hash;
 pub mod memory;
 pub mod nn;
 pub mod params;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 pub mod vision;

@@ -18,5 +18,11 @@ pub fn tune_for_training() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         // Freed memory stays with the process up to 1 GiB above the heap's top.
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        // One heap for every thread. Work runs on pool workers ([`crate::threads`]), and
+        // glibc gives each allocating thread an arena of its own whose freed buffers another
+        // thread cannot reuse: measured, the peak of a ViT-S training step grew from 2.2 to
+        // 3.0-3.4 GB and one step in five took twice as long. With two or a few threads the
+        // shared heap's lock costs nothing measurable.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
