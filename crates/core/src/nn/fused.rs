@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd;
+
 /// Element-wise work is split into chunks of this many values.
 const CHUNK: usize = 1 << 14;
 
@@ -111,30 +113,9 @@ fn map2(
     out
 }
 
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-
-/// The standard normal distribution function `Phi(x)` and density `phi(x)` at `x`.
-///
-/// erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7, under f32's resolution
-/// of values near 1) rather than libm's: that took a fifth of a ViT's forward pass. The
-/// formula's `exp(-z^2)` with `z = x / sqrt(2)` is the density's own exponential, so the
-/// backward pass gets both for one `exp`.
-#[inline]
-fn normal(x: f32) -> (f32, f32) {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_8,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
-    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / (1.0 + P * z);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let e = (-z * z).exp();
-    let erf = (1.0 - poly * e).copysign(x);
-    (0.5 * (1.0 + erf), FRAC_1_SQRT_2PI * e)
+/// Values per parallel task for a kernel over rows of `n`: whole rows, about [`CHUNK`].
+fn rows_chunk(n: usize) -> usize {
+    n * (CHUNK / n).max(1)
 }
 
 struct Gelu;
@@ -146,11 +127,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
-        let out = map1(x, CHUNK, |o, x| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * normal(x).0;
-            }
-        });
+        let out = map1(x, CHUNK, simd::gelu);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -180,12 +157,7 @@ impl CustomOp2 for GeluGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = pair(s1, l1, s2, l2, self.name())?;
-        let out = map2(x, g, CHUNK, |o, x, g| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                let (cdf, density) = normal(x);
-                *o = g * (cdf + x * density);
-            }
-        });
+        let out = map2(x, g, CHUNK, simd::gelu_grad);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -200,21 +172,7 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
         let n = row_len(l, self.name())?;
-        let out = map1(x, n, |o, x| {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            if max == f32::NEG_INFINITY {
-                // Nothing to attend to: a zero row, not the NaN that -inf - -inf gives.
-                o.fill(0.0);
-                return;
-            }
-            let mut sum = 0f32;
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = (x - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|o| *o *= inv);
-        });
+        let out = map1(x, rows_chunk(n), |o, x| simd::softmax(o, x, n));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -245,22 +203,11 @@ impl CustomOp2 for SoftmaxGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, g) = pair(s1, l1, s2, l2, self.name())?;
         let n = row_len(l1, self.name())?;
-        let out = map2(y, g, n, |o, y, g| {
-            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                *o = y * (g - dot);
-            }
+        let out = map2(y, g, rows_chunk(n), |o, y, g| {
+            simd::softmax_grad(o, y, g, n)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
-}
-
-/// Mean and `1 / sqrt(var + eps)` of one row, accumulated in f64.
-fn moments(x: &[f32], eps: f64) -> (f32, f32) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 fn vector<'a>(s: &'a CpuStorage, l: &Layout, n: usize, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -274,30 +221,27 @@ fn vector<'a>(s: &'a CpuStorage, l: &Layout, n: usize, op: &str) -> candle_core:
 /// vector, small enough to split a ViT batch over every core.
 const ROWS_PER_TASK: usize = 64;
 
-/// Column sums of `f(row, row_index)` over the rows of a `[rows, n]` matrix, as `k` vectors
-/// of `n` laid end to end.
+/// Column sums over the rows of a `[rows, n]` matrix, as `k` vectors of `n` laid end to end:
+/// `f(first_row, end_row, acc)` adds rows `first_row..end_row` into `acc`.
 fn column_sums<F>(rows: usize, n: usize, k: usize, f: F) -> Vec<f32>
 where
-    F: Fn(usize, &mut [f64]) + Sync,
+    F: Fn(usize, usize, &mut [f32]) + Sync,
 {
-    let sums = (0..rows.div_ceil(ROWS_PER_TASK))
+    (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .map(|task| {
-            let mut acc = vec![0f64; k * n];
-            let end = ((task + 1) * ROWS_PER_TASK).min(rows);
-            for r in task * ROWS_PER_TASK..end {
-                f(r, &mut acc);
-            }
+            let mut acc = vec![0f32; k * n];
+            let start = task * ROWS_PER_TASK;
+            f(start, ((task + 1) * ROWS_PER_TASK).min(rows), &mut acc);
             acc
         })
         .reduce(
-            || vec![0f64; k * n],
+            || vec![0f32; k * n],
             |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
                 a
             },
-        );
-    sums.into_iter().map(|v| v as f32).collect()
+        )
 }
 
 struct LayerNorm {
@@ -322,12 +266,8 @@ impl CustomOp3 for LayerNorm {
         let n = row_len(l1, self.name())?;
         let w = vector(s2, l2, n, self.name())?;
         let b = vector(s3, l3, n, self.name())?;
-        let out = map1(x, n, |o, x| {
-            let (mean, rstd) = moments(x, self.eps);
-            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                *o = (x - mean) * rstd * w + b;
-            }
-        });
+        let eps = self.eps as f32;
+        let out = map1(x, rows_chunk(n), |o, x| simd::layer_norm(o, x, w, b, eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -375,20 +315,9 @@ impl CustomOp3 for LayerNormGradInput {
         let (x, g) = pair(s1, l1, s3, l3, self.name())?;
         let n = row_len(l1, self.name())?;
         let w = vector(s2, l2, n, self.name())?;
-        let out = map2(x, g, n, |o, x, g| {
-            let (mean, rstd) = moments(x, self.eps);
-            let (mut sum_u, mut sum_uh) = (0f64, 0f64);
-            for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
-                let u = g * w;
-                sum_u += u as f64;
-                sum_uh += (u * (x - mean) * rstd) as f64;
-            }
-            let mean_u = (sum_u / n as f64) as f32;
-            let mean_uh = (sum_uh / n as f64) as f32;
-            for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
-                let h = (x - mean) * rstd;
-                *o = rstd * (g * w - mean_u - h * mean_uh);
-            }
+        let eps = self.eps as f32;
+        let out = map2(x, g, rows_chunk(n), |o, x, g| {
+            simd::layer_norm_grad_input(o, x, g, w, eps)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -413,14 +342,11 @@ impl CustomOp2 for LayerNormGradAffine {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = pair(s1, l1, s2, l2, self.name())?;
         let n = row_len(l1, self.name())?;
-        let sums = column_sums(x.len() / n, n, 2, |r, acc| {
-            let (x, g) = (&x[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-            let (mean, rstd) = moments(x, self.eps);
+        let eps = self.eps as f32;
+        let sums = column_sums(x.len() / n, n, 2, |start, end, acc| {
             let (dw, db) = acc.split_at_mut(n);
-            for (((dw, db), &x), &g) in dw.iter_mut().zip(db).zip(x).zip(g) {
-                *dw += (g * (x - mean) * rstd) as f64;
-                *db += g as f64;
-            }
+            let rows = start * n..end * n;
+            simd::layer_norm_grad_affine(dw, db, &x[rows.clone()], &g[rows], eps);
         });
         Ok((CpuStorage::F32(sums), Shape::from(2 * n)))
     }
@@ -443,11 +369,7 @@ impl CustomOp2 for AddBias {
         let x = slice(s1, l1, self.name())?;
         let n = row_len(l1, self.name())?;
         let b = vector(s2, l2, n, self.name())?;
-        let out = map1(x, n, |o, x| {
-            for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
-                *o = x + b;
-            }
-        });
+        let out = map1(x, rows_chunk(n), |o, x| simd::add_rows(o, x, b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -476,10 +398,8 @@ impl CustomOp1 for ColumnSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = slice(s, l, self.name())?;
         let n = row_len(l, self.name())?;
-        let sums = column_sums(g.len() / n, n, 1, |r, acc| {
-            for (a, &g) in acc.iter_mut().zip(&g[r * n..(r + 1) * n]) {
-                *a += g as f64;
-            }
+        let sums = column_sums(g.len() / n, n, 1, |start, end, acc| {
+            simd::sum_rows(acc, &g[start * n..end * n]);
         });
         Ok((CpuStorage::F32(sums), Shape::from(n)))
     }
@@ -556,7 +476,7 @@ mod tests {
         let mut worst = 0f32;
         for i in -8000..=8000 {
             let x = i as f32 / 1000.0;
-            let (cdf, density) = super::normal(x);
+            let (cdf, density) = super::simd::normal(x);
             let want = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x / 2f32.sqrt()));
             worst = worst.max((cdf - want).abs());
             let want_density = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
