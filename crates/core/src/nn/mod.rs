@@ -6,7 +6,7 @@ mod fused;
 pub mod interpolate;
 pub mod loss;
 pub mod ops;
-mod simd;
+pub(crate) mod simd;
 
 use anyhow::Result;
 use candle_core::Tensor;

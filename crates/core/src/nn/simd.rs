@@ -5,10 +5,7 @@
 //! What stops a loop from vectorising is a call per element (libm's `expf`, `erff`) or a
 //! reduction into one accumulator (floating-point addition is not reassociated). So `exp` is
 //! a polynomial inlined into the loop, and every sum, maximum and dot product keeps 16
-//! partial results that the vector registers hold. Measured with `cargo xtask bench` on the
-//! 2-core AVX-512 machine, forward plus backward over one ViT-S block's activations: layer
-//! norm 5.6 to 0.9 ms, GELU 24.9 to 6.1 ms, softmax 27.6 to 9.0 ms (PyTorch: 0.8, 10.3 and
-//! 8.4 ms).
+//! partial results that the vector registers hold.
 
 use multiversion::multiversion;
 
@@ -269,6 +266,37 @@ pub fn sum_rows(acc: &mut [f32], x: &[f32]) {
         for (a, &x) in acc.iter_mut().zip(x) {
             *a += x;
         }
+    }
+}
+
+/// The scalars of one AdamW update of one parameter, each rounded to f32 from its f64 value
+/// as PyTorch's Python-side arithmetic does (`1 - beta1` computed in f32 would differ).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    /// `1 - beta1`, the first moment's interpolation weight.
+    pub w1: f32,
+    pub beta2: f32,
+    /// `1 - beta2`.
+    pub w2: f32,
+    pub eps: f32,
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    /// The learning rate over the first moment's bias correction.
+    pub step: f32,
+    /// The square root of the second moment's bias correction.
+    pub bc2_sqrt: f32,
+}
+
+/// One AdamW update of a parameter `p` with gradient `g`, moments `m` and `v` updated in
+/// place, with `torch.optim.AdamW`'s arithmetic in its order (the first moment as a linear
+/// interpolation, the denominator divided by `bc2_sqrt`), so that the two agree to the bit.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamWStep) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m += h.w1 * (g - *m);
+        *v = *v * h.beta2 + h.w2 * (g * g);
+        let denom = v.sqrt() / h.bc2_sqrt + h.eps;
+        *p = *p * h.decay + -h.step * (*m / denom);
     }
 }
 

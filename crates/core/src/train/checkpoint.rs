@@ -50,7 +50,7 @@ pub fn save(
     state: &TrainState,
     config: &serde_json::Value,
 ) -> Result<()> {
-    write(path, params, optimizer.state(), state, config)
+    write(path, params, optimizer.state()?, state, config)
 }
 
 /// Saves the trainable parameters and `state` without the optimizer's moments: a third of the
