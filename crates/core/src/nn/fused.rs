@@ -1,5 +1,5 @@
 //! CPU kernels, each with its own backward, for the ops of a transformer block other than its
-//! matrix products.
+//! matrix products (those are [`super::fused_linear`]).
 //!
 //! Composed from candle primitives, GELU's backward is ten element-wise passes, softmax's and
 //! layer norm's are chains of broadcasts, and every broadcast (a bias, a norm's scale) is
@@ -40,15 +40,6 @@ pub fn layer_norm(
         &bias.contiguous()?,
         LayerNorm { eps },
     )
-}
-
-/// `x + bias` with `bias` broadcast over every row of the last dimension.
-///
-/// candle differentiates a broadcast add by summing the gradient over the leading dimensions
-/// with a strided reduction, a tenth of a ViT-S training step; here the bias gradient is a
-/// contiguous column sum.
-pub fn add_bias(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
 }
 
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -352,39 +343,9 @@ impl CustomOp2 for LayerNormGradAffine {
     }
 }
 
-struct AddBias;
-
-impl CustomOp2 for AddBias {
-    fn name(&self) -> &'static str {
-        "fused-add-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let n = row_len(l1, self.name())?;
-        let b = vector(s2, l2, n, self.name())?;
-        let out = map1(x, rows_chunk(n), |o, x| simd::add_rows(o, x, b));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((
-            Some(grad.clone()),
-            Some(grad.contiguous()?.apply_op1(ColumnSum)?),
-        ))
-    }
+/// The sum of `g` over every dimension but the last (a bias's gradient).
+pub(crate) fn column_sum(g: &Tensor) -> candle_core::Result<Tensor> {
+    g.contiguous()?.apply_op1(ColumnSum)
 }
 
 /// Sum over every dimension but the last.
@@ -548,42 +509,6 @@ mod tests {
     }
 
     #[test]
-    fn add_bias_matches_broadcast_add_with_both_gradients() {
-        let dev = Device::Cpu;
-        let x = input((3, 9, 40), 0.0);
-        let b0 = Tensor::randn(0f32, 1.0, 40, &dev).unwrap();
-        let g = Tensor::randn(0f32, 1.0, x.dims(), &dev).unwrap();
-        let run = |f: &dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>| {
-            let (xv, bv) = (
-                Var::from_tensor(&x).unwrap(),
-                Var::from_tensor(&b0).unwrap(),
-            );
-            let y = f(xv.as_tensor(), bv.as_tensor()).unwrap();
-            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            [
-                y,
-                grads.get(xv.as_tensor()).unwrap().clone(),
-                grads.get(bv.as_tensor()).unwrap().clone(),
-            ]
-        };
-        let fused = run(&|x, b| super::add_bias(x, b));
-        let composed = run(&|x, b| x.broadcast_add(b));
-        for (a, b) in fused.iter().zip(&composed) {
-            assert_eq!(a.dims(), b.dims());
-            assert!(max_diff(a, b) < 1e-4, "differs by {}", max_diff(a, b));
-        }
-        // The bias gradient is a real column sum: 27 rows of unit-variance values.
-        let gb: f32 = fused[2]
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert!(gb > 1.0);
-    }
-
-    #[test]
     fn masks_combine_without_overflow_and_a_row_of_minus_infinity_is_zero() {
         let dev = Device::Cpu;
         let v = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
@@ -620,7 +545,6 @@ mod tests {
         assert!(super::softmax_last_dim(&empty).is_err());
         let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let wrong = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(super::add_bias(&x, &wrong).is_err());
         assert!(super::layer_norm(&x, &wrong, &wrong, 1e-5).is_err());
     }
 }

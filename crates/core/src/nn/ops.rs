@@ -2,10 +2,11 @@
 //!
 //! candle-nn's fused `ops::layer_norm` and `ops::softmax_last_dim` have no backward pass, so a
 //! model built on them silently trains only what sits after them. Models call these functions
-//! and nothing else for normalisation, activation and attention weights. On the CPU in f32 they
-//! run the kernels of [`super::fused`], which carry their own backward; elsewhere they fall
-//! back to compositions of primitives that candle differentiates. Tests hold the two to each
-//! other, and the backbone parity tests hold both to PyTorch.
+//! and nothing else for normalisation, activation, attention weights and linear maps. On the
+//! CPU in f32 they run the kernels of [`super::fused`] and [`super::fused_linear`], which carry
+//! their own backward; elsewhere they fall back to compositions of primitives that candle
+//! differentiates. Tests hold the two to each other, and the backbone parity tests hold both
+//! to PyTorch.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -57,12 +58,14 @@ pub(crate) fn softmax_composed(x: &Tensor) -> Result<Tensor> {
 
 /// `x @ weight^T + bias` for `x` of any rank, weight `[out, in]` as PyTorch stores it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if fusable(x) {
+        return super::fused_linear::linear(x, weight, bias);
+    }
     let dims = x.dims();
     let in_dim = dims[dims.len() - 1];
     let rows = x.elem_count() / in_dim.max(1);
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
-        Some(b) if fusable(&y) => fused::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };

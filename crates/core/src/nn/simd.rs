@@ -248,17 +248,6 @@ pub fn layer_norm_grad_affine(dw: &mut [f32], db: &mut [f32], x: &[f32], g: &[f3
     }
 }
 
-/// `o = x + b` for each row of `b.len()` values.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
-pub fn add_rows(o: &mut [f32], x: &[f32], b: &[f32]) {
-    let n = b.len();
-    for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-        for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
-            *o = x + b;
-        }
-    }
-}
-
 /// Adds every row of `x` to `acc`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 pub fn sum_rows(acc: &mut [f32], x: &[f32]) {
