@@ -6,10 +6,14 @@
 //! its length: a decoder projects the encoder output once per sentence for cross-attention,
 //! and its self-attention appends each new token's keys and values to a cache
 //! ([`Attention::forward_cached`]) instead of re-running the whole prefix every step.
+//!
+//! On the CPU in f32 the attention itself is one op ([`super::fused_attention`]) reading the
+//! projections in their `[B, T, D]` layout; elsewhere, and when dropout acts on the
+//! attention weights, the heads are split and attended by composed ops.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
-use super::{ops, Detach, Linear};
+use super::{fused_attention, ops, Detach, Linear};
 
 /// Multi-head attention with separate query, key, value and output projections.
 #[derive(Clone, Debug)]
@@ -24,7 +28,7 @@ pub struct Attention {
     pub probs_dropout: f64,
 }
 
-/// Projected keys and values, `[B, H, S, D/H]` each.
+/// Projected keys and values, `[B, S, D]` each (heads side by side in the last dimension).
 #[derive(Clone, Debug)]
 pub struct KeyValues {
     pub keys: Tensor,
@@ -34,7 +38,7 @@ pub struct KeyValues {
 impl KeyValues {
     /// Positions held (`S`).
     pub fn len(&self) -> usize {
-        self.keys.dim(2).unwrap_or(0)
+        self.keys.dim(1).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -44,8 +48,8 @@ impl KeyValues {
     /// These positions followed by `next`'s.
     pub fn append(&self, next: &KeyValues) -> Result<Self> {
         Ok(Self {
-            keys: Tensor::cat(&[&self.keys, &next.keys], 2)?,
-            values: Tensor::cat(&[&self.values, &next.values], 2)?,
+            keys: Tensor::cat(&[&self.keys, &next.keys], 1)?,
+            values: Tensor::cat(&[&self.values, &next.values], 1)?,
         })
     }
 
@@ -83,8 +87,8 @@ impl Attention {
     /// Keys and values of a source `[B, S, D]`.
     pub fn keys_values(&self, source: &Tensor) -> Result<KeyValues> {
         Ok(KeyValues {
-            keys: self.split_heads(self.key.forward(source)?)?,
-            values: self.split_heads(self.value.forward(source)?)?,
+            keys: self.key.forward(source)?,
+            values: self.value.forward(source)?,
         })
     }
 
@@ -94,17 +98,22 @@ impl Attention {
     pub fn attend(&self, x: &Tensor, kv: &KeyValues, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let dh = d / self.num_heads;
-        let q = self.split_heads(self.query.forward(x)?)?;
-        let scores = (q.matmul(&kv.keys.t()?)? * (1.0 / (dh as f64).sqrt()))?;
+        let q = self.query.forward(x)?;
+        let drops = self.probs_dropout > 0.0 && crate::train::rng::in_training_pass();
+        if q.device().is_cpu() && q.dtype() == DType::F32 && !drops {
+            let ctx = fused_attention::attention(&q, &kv.keys, &kv.values, bias, self.num_heads)?;
+            return self.output.forward(&ctx);
+        }
+        let q = self.split_heads(q)?;
+        let keys = self.split_heads(kv.keys.clone())?;
+        let values = self.split_heads(kv.values.clone())?;
+        let scores = (q.matmul(&keys.t()?)? * (1.0 / (dh as f64).sqrt()))?;
         let scores = match bias {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
         let probs = ops::dropout(&ops::softmax_last_dim(&scores)?, self.probs_dropout)?;
-        let ctx = probs
-            .matmul(&kv.values)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
+        let ctx = probs.matmul(&values)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.output.forward(&ctx)
     }
 

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod conv;
 mod fused;
+mod fused_attention;
 mod fused_linear;
 pub mod interpolate;
 pub mod loss;

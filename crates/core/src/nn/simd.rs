@@ -182,6 +182,25 @@ pub fn softmax(o: &mut [f32], x: &[f32], n: usize) {
     }
 }
 
+/// [`softmax`] of each row of `n` values of `x`, in place.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn softmax_in_place(x: &mut [f32], n: usize) {
+    for x in x.chunks_exact_mut(n) {
+        let m = max(x);
+        if m == f32::NEG_INFINITY {
+            x.fill(0.0);
+            continue;
+        }
+        for x in x.iter_mut() {
+            *x = exp(*x - m);
+        }
+        let inv = 1.0 / sum(x);
+        for x in x.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
 /// From each softmax row `y` and its output gradient `g`: `y * (g - dot(g, y))`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 pub fn softmax_grad(o: &mut [f32], y: &[f32], g: &[f32], n: usize) {
