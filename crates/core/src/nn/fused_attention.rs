@@ -101,6 +101,14 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer, through a method so that a closure captures the whole (sendable) wrapper.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
@@ -181,7 +189,6 @@ impl CustomOp3 for Attend {
                         chunk.copy_from_slice(bias.row(bi, row, t, s));
                     }
                 }
-                let out_ptr = out_ptr;
                 // SAFETY: q, k, v hold [B, *, D] values and the offsets and strides address
                 // head `hi` of example `bi` inside them; `p` is this task's own block, and
                 // the context columns written are this (example, head)'s alone.
@@ -202,7 +209,7 @@ impl CustomOp3 for Attend {
                         scale,
                     );
                     simd::softmax_in_place(p, s);
-                    let oh = out_ptr.0.add(bi * t * d + hi * dh);
+                    let oh = out_ptr.at(bi * t * d + hi * dh);
                     product(
                         (t, dh, s),
                         oh,
@@ -256,7 +263,6 @@ impl CustomOp3 for Attend {
         );
         probs.par_chunks(t * s).enumerate().for_each(|(task, p)| {
             let (bi, hi) = (task / h, task % h);
-            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
             let mut ds = vec![0f32; t * s];
             // SAFETY: as in the forward pass; each task writes the columns of its own
             // (example, head) in dq, dk and dv, and its own scratch `ds`.
@@ -268,7 +274,7 @@ impl CustomOp3 for Attend {
                     // dv = p^T g: p^T (s x t) has strides (1, s).
                     product(
                         (s, dh, t),
-                        dv_ptr.0.add(kv_off),
+                        dv_ptr.at(kv_off),
                         (d, 1),
                         false,
                         p.as_ptr(),
@@ -296,7 +302,7 @@ impl CustomOp3 for Attend {
                     if want_q {
                         product(
                             (t, dh, s),
-                            dq_ptr.0.add(q_off),
+                            dq_ptr.at(q_off),
                             (d, 1),
                             false,
                             ds.as_ptr(),
@@ -309,7 +315,7 @@ impl CustomOp3 for Attend {
                     if want_k {
                         product(
                             (s, dh, t),
-                            dk_ptr.0.add(kv_off),
+                            dk_ptr.at(kv_off),
                             (d, 1),
                             false,
                             ds.as_ptr(),
