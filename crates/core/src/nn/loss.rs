@@ -160,6 +160,10 @@ impl Classes {
 
     /// Max and log-sum-exp of the logits at position `p`.
     fn log_sum_exp(&self, x: &[f32], p: usize) -> (f32, f32) {
+        if self.inner == 1 {
+            // Classes contiguous: one vectorised pass over the row.
+            return super::simd::log_sum_exp(&x[p * self.classes..(p + 1) * self.classes]);
+        }
         let max = (0..self.classes)
             .map(|c| x[self.at(p, c)])
             .fold(f32::NEG_INFINITY, f32::max);
@@ -290,6 +294,12 @@ impl CustomOp3 for FusedGrad {
                         continue;
                     };
                     let (max, lse) = sh.log_sum_exp(x, p);
+                    if sh.inner == 1 {
+                        let row = &x[p * sh.classes..(p + 1) * sh.classes];
+                        super::simd::scaled_probs(dst, row, max + lse, scale, off);
+                        dst[y] -= scale * (1.0 - e);
+                        continue;
+                    }
                     for c in 0..sh.classes {
                         let prob = (x[sh.at(p, c)] - max - lse).exp();
                         let q = off + if c == y { 1.0 - e } else { 0.0 };

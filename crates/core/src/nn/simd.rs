@@ -201,6 +201,30 @@ pub fn softmax_in_place(x: &mut [f32], n: usize) {
     }
 }
 
+/// The maximum of a row and the logarithm of `sum(exp(x - max))`.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn log_sum_exp(x: &[f32]) -> (f32, f32) {
+    let m = max(x);
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|&v| exp(v - m)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v - m);
+        }
+    }
+    (m, (lanes(acc) + rest).ln())
+}
+
+/// `o = scale * (exp(x - shift) - off)`: a cross-entropy row's gradient before its target's
+/// term, with `shift` the row's maximum plus its log-sum-exp.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn scaled_probs(o: &mut [f32], x: &[f32], shift: f32, scale: f32, off: f32) {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = scale * (exp(x - shift) - off);
+    }
+}
+
 /// From each softmax row `y` and its output gradient `g`: `y * (g - dot(g, y))`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 pub fn softmax_grad(o: &mut [f32], y: &[f32], g: &[f32], n: usize) {
