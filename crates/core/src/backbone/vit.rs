@@ -149,23 +149,17 @@ impl Detach for Block {
 
 impl Block {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut a = self.attention.forward(&self.norm1.forward(x)?, None)?;
-        if let Some(s) = &self.scale1 {
-            a = a.broadcast_mul(s)?;
-        }
-        let x = (a + x)?;
+        let a = self.attention.forward(&self.norm1.forward(x)?, None)?;
+        let x = ops::residual(x, &a, self.scale1.as_ref())?;
         let h = self.norm2.forward(&x)?;
-        let mut m = match &self.mlp {
+        let m = match &self.mlp {
             Mlp::Vit {
                 intermediate,
                 output,
             } => output.forward(&ops::gelu(&intermediate.forward(&h)?)?)?,
             Mlp::Dinov2 { fc1, fc2 } => fc2.forward(&ops::gelu(&fc1.forward(&h)?)?)?,
         };
-        if let Some(s) = &self.scale2 {
-            m = m.broadcast_mul(s)?;
-        }
-        m + x
+        ops::residual(&x, &m, self.scale2.as_ref())
     }
 }
 

@@ -42,6 +42,13 @@ pub fn layer_norm(
     )
 }
 
+/// `x + a * scale` with `scale` a vector of the last dimension's size: a residual branch
+/// scaled per channel (DINOv2's layer scale) and added back, in one pass each way.
+pub fn scaled_residual(x: &Tensor, a: &Tensor, scale: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &scale.contiguous()?, ScaledResidual)
+}
+
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: only f32 is supported")
@@ -343,6 +350,80 @@ impl CustomOp2 for LayerNormGradAffine {
     }
 }
 
+struct ScaledResidual;
+
+impl CustomOp3 for ScaledResidual {
+    fn name(&self) -> &'static str {
+        "fused-scaled-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, a) = pair(s1, l1, s2, l2, self.name())?;
+        let n = row_len(l1, self.name())?;
+        let scale = vector(s3, l3, n, self.name())?;
+        let out = map2(x, a, rows_chunk(n), |o, x, a| {
+            simd::scaled_add(o, x, a, scale)
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        scale: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.track_op().then(|| grad.clone());
+        let da = if a.track_op() {
+            Some(grad.broadcast_mul(scale)?)
+        } else {
+            None
+        };
+        let ds = if scale.track_op() {
+            Some(grad.apply_op2(&a.contiguous()?, ColumnDot)?)
+        } else {
+            None
+        };
+        Ok((dx, da, ds))
+    }
+}
+
+/// Column sums of `g * a` (a per-channel scale's gradient).
+struct ColumnDot;
+
+impl CustomOp2 for ColumnDot {
+    fn name(&self) -> &'static str {
+        "fused-column-dot"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (g, a) = pair(s1, l1, s2, l2, self.name())?;
+        let n = row_len(l1, self.name())?;
+        let sums = column_sums(g.len() / n, n, 1, |start, end, acc| {
+            let rows = start * n..end * n;
+            simd::sum_rows_product(acc, &g[rows.clone()], &a[rows]);
+        });
+        Ok((CpuStorage::F32(sums), Shape::from(n)))
+    }
+}
+
 /// The sum of `g` over every dimension but the last (a bias's gradient).
 pub(crate) fn column_sum(g: &Tensor) -> candle_core::Result<Tensor> {
     g.contiguous()?.apply_op1(ColumnSum)
@@ -506,6 +587,44 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(gx > 1e-3);
+    }
+
+    #[test]
+    fn scaled_residual_matches_the_composed_form_with_every_gradient() {
+        let dev = Device::Cpu;
+        let x0 = input((3, 9, 40), 0.0);
+        let a0 = input((3, 9, 40), 1.0);
+        let s0 = Tensor::randn(0f32, 1.0, 40, &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, x0.dims(), &dev).unwrap();
+        let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>| {
+            let (x, a, s) = (
+                Var::from_tensor(&x0).unwrap(),
+                Var::from_tensor(&a0).unwrap(),
+                Var::from_tensor(&s0).unwrap(),
+            );
+            let y = f(x.as_tensor(), a.as_tensor(), s.as_tensor()).unwrap();
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let get = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+            [y.clone(), get(&x), get(&a), get(&s)]
+        };
+        let fused = run(&|x, a, s| super::scaled_residual(x, a, s));
+        let composed = run(&|x, a, s| x + a.broadcast_mul(s)?);
+        for (what, (f, c)) in ["value", "x grad", "a grad", "scale grad"]
+            .iter()
+            .zip(fused.iter().zip(&composed))
+        {
+            assert_eq!(f.dims(), c.dims(), "{what}");
+            let d = max_diff(f, c);
+            assert!(d < 1e-4, "{what} differs by {d}");
+        }
+        let gs: f32 = fused[3]
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(gs > 1.0, "the scale's gradient is a real column sum");
     }
 
     #[test]

@@ -74,6 +74,16 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
+/// `x + a * scale` (a residual branch `a` scaled per channel by `scale`, a vector of the last
+/// dimension's size, as DINOv2's layer scale), or `x + a` without a scale.
+pub fn residual(x: &Tensor, a: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
+    match scale {
+        Some(s) if fusable(x) => fused::scaled_residual(x, a, s),
+        Some(s) => x + a.broadcast_mul(s)?,
+        None => x + a,
+    }
+}
+
 /// The exact (erf) GELU, which is what Hugging Face means by `"gelu"`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fusable(x) {

@@ -291,6 +291,32 @@ pub fn layer_norm_grad_affine(dw: &mut [f32], db: &mut [f32], x: &[f32], g: &[f3
     }
 }
 
+/// `o = x + a * s` for each row of `s.len()` values.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn scaled_add(o: &mut [f32], x: &[f32], a: &[f32], s: &[f32]) {
+    let n = s.len();
+    for ((o, x), a) in o
+        .chunks_exact_mut(n)
+        .zip(x.chunks_exact(n))
+        .zip(a.chunks_exact(n))
+    {
+        for (((o, &x), &a), &s) in o.iter_mut().zip(x).zip(a).zip(s) {
+            *o = x + a * s;
+        }
+    }
+}
+
+/// Adds every row of `x * y` to `acc`.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn sum_rows_product(acc: &mut [f32], x: &[f32], y: &[f32]) {
+    let n = acc.len();
+    for (x, y) in x.chunks_exact(n).zip(y.chunks_exact(n)) {
+        for ((a, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *a += x * y;
+        }
+    }
+}
+
 /// Adds every row of `x` to `acc`.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 pub fn sum_rows(acc: &mut [f32], x: &[f32]) {
