@@ -1,11 +1,14 @@
 //! CPU kernels, each with its own backward, for the ops of a transformer block other than its
-//! matrix products (those are [`super::fused_linear`]).
+//! matrix products and attention (those are [`super::fused_linear`] and
+//! [`super::fused_attention`]): GELU, softmax, layer norm, the per-channel scaled residual of
+//! DINOv2, and the column sums their gradients need.
 //!
 //! Composed from candle primitives, GELU's backward is ten element-wise passes, softmax's and
-//! layer norm's are chains of broadcasts, and every broadcast (a bias, a norm's scale) is
-//! differentiated by a strided reduction. Here each forward and each backward is one pass,
-//! split over rows with rayon. With them a DINOv2 ViT-S/14 training step on 8 images of 224
-//! went from 6.1 to 4.7 s on the 2-core development machine (`cargo xtask bench`).
+//! layer norm's are chains of broadcasts, and every broadcast (a norm's scale, a layer scale)
+//! is differentiated by a strided reduction. Here each forward and each backward is one pass,
+//! split over rows with rayon, its arithmetic vectorised ([`super::simd`]). History: the first
+//! version of these kernels took a DINOv2 ViT-S/14 training step on 8 images of 224 from 6.1
+//! to 4.7 s on the 2-core development machine; `cargo xtask bench` has today's figures.
 //! [`super::ops`] calls these for f32 tensors on the CPU and keeps the composed forms
 //! everywhere else; tests hold the two to each other.
 
