@@ -52,7 +52,12 @@ pub fn scaled_residual(x: &Tensor, a: &Tensor, scale: &Tensor) -> candle_core::R
         .apply_op3(&a.contiguous()?, &scale.contiguous()?, ScaledResidual)
 }
 
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+/// The values of a contiguous f32 tensor's storage; `op` names the caller in the error.
+pub(crate) fn slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: only f32 is supported")
     };
@@ -455,19 +460,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::super::ops;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use super::super::test_util::max_diff;
 
     /// Value and input gradient of `sum(f(x) * g)`.
     fn value_and_grad(

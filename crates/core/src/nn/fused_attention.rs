@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::fused::slice;
 use super::simd;
 
 /// `softmax(q k^T * scale + bias) v` per head, for `q` `[B, T, D]`, `k` and `v` `[B, S, D]`
@@ -109,13 +110,6 @@ impl Shared {
     }
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("fused attention: needs contiguous f32 tensors"),
-    }
-}
-
 fn tensor_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1()
 }
@@ -170,7 +164,8 @@ impl CustomOp3 for Attend {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32s(s1, l1)?, f32s(s2, l2)?, f32s(s3, l3)?);
+        let op = self.name();
+        let (q, k, v) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
         let (b, t, d) = l1.shape().dims3()?;
         let s = l2.shape().dims3()?.1;
         let h = self.heads;
@@ -350,19 +345,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::super::ops;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use super::super::test_util::max_diff;
 
     /// The composed form: heads split, products, softmax, heads merged.
     fn composed(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, h: usize) -> Tensor {

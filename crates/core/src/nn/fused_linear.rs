@@ -12,6 +12,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::fused::slice;
+
 /// `x` `[.., in]` times `weight^T` (`weight` `[out, in]`), plus `bias` `[out]` if given.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
@@ -23,13 +25,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
 }
 
 struct Linear;
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("fused linear: the {what} must be a contiguous f32 tensor"),
-    }
-}
 
 /// Rows, input width and output width, checked.
 fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -104,11 +99,14 @@ fn forward(
     b: Option<(&CpuStorage, &Layout)>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
     let d @ (rows, _, out) = dims(x.1, w.1)?;
-    let (xs, ws) = (f32s(x.0, x.1, "input")?, f32s(w.0, w.1, "weight")?);
+    let (xs, ws) = (
+        slice(x.0, x.1, "fused linear")?,
+        slice(w.0, w.1, "fused linear")?,
+    );
     let mut dst = vec![0f32; rows * out];
     let read = match b {
         Some((s, l)) => {
-            let b = f32s(s, l, "bias")?;
+            let b = slice(s, l, "fused linear")?;
             if b.len() != out {
                 candle_core::bail!("fused linear: bias of {} for {out} outputs", b.len());
             }
@@ -213,18 +211,7 @@ impl CustomOp3 for Linear {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use super::super::test_util::max_diff;
 
     #[test]
     fn equals_the_composed_product_with_every_gradient_and_skips_frozen_ones() {

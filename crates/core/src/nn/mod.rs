@@ -2,13 +2,15 @@
 
 pub mod attention;
 pub mod conv;
-mod fused;
+pub(crate) mod fused;
 mod fused_attention;
 mod fused_linear;
 pub mod interpolate;
 pub mod loss;
 pub mod ops;
 pub(crate) mod simd;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use anyhow::Result;
 use candle_core::Tensor;

@@ -164,13 +164,6 @@ struct FusedAdamW<'a> {
     step: simd::AdamWStep,
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("fused AdamW: needs a contiguous f32 tensor"),
-    }
-}
-
 impl InplaceOp2 for FusedAdamW<'_> {
     fn name(&self) -> &'static str {
         "fused-adamw"
@@ -183,7 +176,7 @@ impl InplaceOp2 for FusedAdamW<'_> {
         g: &CpuStorage,
         g_l: &Layout,
     ) -> candle_core::Result<()> {
-        let g = contiguous_f32(g, g_l)?;
+        let g = crate::nn::fused::slice(g, g_l, "fused AdamW")?;
         let (CpuStorage::F32(p), Some((a, b))) = (dst, dst_l.contiguous_offsets()) else {
             candle_core::bail!("fused AdamW: the parameter must be a contiguous f32 tensor")
         };
@@ -488,18 +481,7 @@ mod tests {
             fused.step(&grads, 0.01 * (step + 1) as f64).unwrap();
             composed.step(&grads, 0.01 * (step + 1) as f64).unwrap();
         }
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = crate::nn::test_util::max_diff;
         for name in ["a.weight", "a.bias"] {
             let (a, b) = (
                 p1.get(name).unwrap().tensor(),
