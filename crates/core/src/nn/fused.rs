@@ -229,11 +229,15 @@ const ROWS_PER_TASK: usize = 64;
 
 /// Column sums over the rows of a `[rows, n]` matrix, as `k` vectors of `n` laid end to end:
 /// `f(first_row, end_row, acc)` adds rows `first_row..end_row` into `acc`.
+///
+/// Each task's partial sums are added in task order, in f64: a reduction in whatever order the
+/// threads finish would make two identical runs differ in the last bits, and a resumed run
+/// differ from an uninterrupted one.
 fn column_sums<F>(rows: usize, n: usize, k: usize, f: F) -> Vec<f32>
 where
     F: Fn(usize, usize, &mut [f32]) + Sync,
 {
-    (0..rows.div_ceil(ROWS_PER_TASK))
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .map(|task| {
             let mut acc = vec![0f32; k * n];
@@ -241,13 +245,12 @@ where
             f(start, ((task + 1) * ROWS_PER_TASK).min(rows), &mut acc);
             acc
         })
-        .reduce(
-            || vec![0f32; k * n],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .collect();
+    let mut total = vec![0f64; k * n];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(t, &v)| *t += v as f64);
+    }
+    total.into_iter().map(|v| v as f32).collect()
 }
 
 struct LayerNorm {

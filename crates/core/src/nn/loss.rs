@@ -210,7 +210,8 @@ impl CustomOp2 for Fused {
         let sh = self.shape;
         let e = self.ce.label_smoothing as f32;
         let positions = sh.outer * sh.inner;
-        let total = (0..positions.div_ceil(POSITIONS_PER_TASK))
+        // Partial sums added in task order, so that identical runs agree to the bit.
+        let partials: Vec<f64> = (0..positions.div_ceil(POSITIONS_PER_TASK))
             .into_par_iter()
             .map(|task| -> candle_core::Result<f64> {
                 let mut acc = 0f64;
@@ -231,7 +232,8 @@ impl CustomOp2 for Fused {
                 }
                 Ok(acc)
             })
-            .try_reduce(|| 0.0, |a, b| Ok(a + b))?;
+            .collect::<candle_core::Result<_>>()?;
+        let total: f64 = partials.iter().sum();
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
 
