@@ -122,6 +122,10 @@ fn bert_dir() -> std::path::PathBuf {
 
 #[test]
 fn bert_full_matches_outputs_and_every_gradient() {
+    bert_full();
+}
+
+fn bert_full() {
     let r = load_reference(&bert_dir().join("reference.safetensors"));
     let (model, params) = Bert::load(&bert_dir(), Freeze::Full, &Device::Cpu).unwrap();
     let names: BTreeSet<String> = params.trainable().map(|p| p.name.clone()).collect();
@@ -379,6 +383,21 @@ fn decoder_dir() -> std::path::PathBuf {
 /// gradient that flows back into the encoder's output.
 #[test]
 fn bert_decoder_matches_outputs_and_every_gradient() {
+    bert_decoder_full();
+}
+
+/// The composed forms of every op (what a device other than the CPU runs) against the same
+/// references: the CPU kernels are not the only path that is right.
+#[test]
+fn composed_paths_match_outputs_and_every_gradient() {
+    downstream_core::nn::ops::composed_only(|| {
+        bert_full();
+        vit_full(&fixtures().join("dinov2"));
+        bert_decoder_full();
+    });
+}
+
+fn bert_decoder_full() {
     use downstream_core::backbone::{BertConfig, BertDecoder};
     use downstream_core::params::WeightFile;
     let dev = Device::Cpu;

@@ -11,7 +11,7 @@
 //! projections in their `[B, T, D]` layout; elsewhere, and when dropout acts on the
 //! attention weights, the heads are split and attended by composed ops.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::{fused_attention, ops, Detach, Linear};
 
@@ -100,7 +100,7 @@ impl Attention {
         let dh = d / self.num_heads;
         let q = self.query.forward(x)?;
         let drops = self.probs_dropout > 0.0 && crate::train::rng::in_training_pass();
-        if q.device().is_cpu() && q.dtype() == DType::F32 && !drops {
+        if ops::fusable(&q) && !drops {
             let ctx = fused_attention::attention(&q, &kv.keys, &kv.values, bias, self.num_heads)?;
             return self.output.forward(&ctx);
         }

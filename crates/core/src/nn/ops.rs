@@ -6,14 +6,34 @@
 //! CPU in f32 they run the kernels of [`super::fused`] and [`super::fused_linear`], which carry
 //! their own backward; elsewhere they fall back to compositions of primitives that candle
 //! differentiates. Tests hold the two to each other, and the backbone parity tests hold both
-//! to PyTorch.
+//! to PyTorch ([`composed_only`] switches a thread to the composed forms, so that the path
+//! another device takes is checked on the CPU).
 
 use candle_core::{DType, Result, Tensor, D};
 
 use super::fused;
 
-fn fusable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+thread_local! {
+    static COMPOSED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every op of this module in its composed form, the path a device other than
+/// the CPU takes, so that tests can hold that path to the references on the CPU too.
+pub fn composed_only<R>(f: impl FnOnce() -> R) -> R {
+    let outer = COMPOSED_ONLY.with(|c| c.replace(true));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    f()
+}
+
+/// Whether `x` goes through the CPU kernels (f32 on the CPU, outside [`composed_only`]).
+pub(crate) fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !COMPOSED_ONLY.with(|c| c.get())
 }
 
 /// Layer normalisation over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`,
@@ -141,5 +161,28 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
             let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
             x.contiguous()?.mul(&mask)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn composed_only_switches_this_thread_to_the_composed_forms_and_back() {
+        let x = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        assert!(super::fusable(&x));
+        let inner = super::composed_only(|| {
+            let nested = super::composed_only(|| super::fusable(&x));
+            (nested, super::fusable(&x))
+        });
+        assert_eq!(inner, (false, false));
+        assert!(super::fusable(&x), "restored after the scope");
+        let other = std::thread::spawn({
+            let x = x.clone();
+            move || super::fusable(&x)
+        });
+        super::composed_only(|| assert!(other.join().unwrap(), "other threads are unaffected"));
+        assert!(!super::fusable(&x.to_dtype(DType::F64).unwrap()));
     }
 }
