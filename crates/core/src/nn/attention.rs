@@ -8,8 +8,8 @@
 //! ([`Attention::forward_cached`]) instead of re-running the whole prefix every step.
 //!
 //! On the CPU in f32 the attention itself is one op ([`super::fused_attention`]) reading the
-//! projections in their `[B, T, D]` layout; elsewhere, and when dropout acts on the
-//! attention weights, the heads are split and attended by composed ops.
+//! projections in their `[B, T, D]` layout, dropout on its weights included; elsewhere the
+//! heads are split and attended by composed ops.
 
 use candle_core::{Result, Tensor};
 
@@ -99,9 +99,17 @@ impl Attention {
         let (b, t, d) = x.dims3()?;
         let dh = d / self.num_heads;
         let q = self.query.forward(x)?;
-        let drops = self.probs_dropout > 0.0 && crate::train::rng::in_training_pass();
-        if ops::fusable(&q) && !drops {
-            let ctx = fused_attention::attention(&q, &kv.keys, &kv.values, bias, self.num_heads)?;
+        if ops::fusable(&q) {
+            // The same draw, in the same order, as `ops::dropout` on the probabilities.
+            let mask = if self.probs_dropout > 0.0 {
+                let n = b * self.num_heads * t * kv.len();
+                crate::train::rng::dropout_mask(self.probs_dropout, n)
+                    .map_err(candle_core::Error::Msg)?
+            } else {
+                None
+            };
+            let ctx =
+                fused_attention::attention(&q, &kv.keys, &kv.values, bias, self.num_heads, mask)?;
             return self.output.forward(&ctx);
         }
         let q = self.split_heads(q)?;
@@ -138,5 +146,66 @@ impl Attention {
         let out = self.attend(x, &kv, bias);
         *cache = Some(kv);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::super::test_util::max_diff;
+    use super::super::{ops, Linear};
+    use super::Attention;
+    use crate::train::rng::{training_pass, Phase};
+
+    /// Dropout on the attention weights inside a training pass: the fused op draws the same
+    /// mask as the composed form and gives the same values and gradients.
+    #[test]
+    fn dropout_on_the_weights_is_the_same_draw_fused_and_composed() {
+        let dev = Device::Cpu;
+        let (b, t, d) = (2, 6, 16);
+        let linear = |seed: f64| Linear {
+            weight: (Tensor::randn(0f32, 0.3, (d, d), &dev).unwrap() + seed).unwrap(),
+            bias: Some(Tensor::randn(0f32, 0.1, d, &dev).unwrap()),
+        };
+        let attention = Attention {
+            query: linear(0.0),
+            key: linear(0.01),
+            value: linear(-0.01),
+            output: linear(0.0),
+            num_heads: 4,
+            probs_dropout: 0.3,
+        };
+        let x0 = Tensor::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (b, t, d), &dev).unwrap();
+        let mask = Tensor::new(
+            &[[1f32, 1., 1., 1., 0., 0.], [1., 1., 1., 1., 1., 1.]],
+            &dev,
+        )
+        .unwrap();
+        let bias = ops::attention_bias(&mask).unwrap();
+        let run = || {
+            let x = Var::from_tensor(&x0).unwrap();
+            let y = training_pass(7, 3, Phase::Head, &[(0, 0), (1, 0)], || {
+                attention.forward(x.as_tensor(), Some(&bias)).unwrap()
+            });
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let (y1, g1) = run();
+        let (y2, g2) = ops::composed_only(run);
+        assert!(
+            max_diff(&y1, &y2) < 1e-5,
+            "values differ by {}",
+            max_diff(&y1, &y2)
+        );
+        assert!(
+            max_diff(&g1, &g2) < 1e-4,
+            "gradients differ by {}",
+            max_diff(&g1, &g2)
+        );
+        // The mask did act: outside a training pass the output differs.
+        let plain = attention.forward(&x0, Some(&bias)).unwrap();
+        assert!(max_diff(&y1, &plain) > 1e-3);
     }
 }

@@ -18,15 +18,18 @@ use rayon::prelude::*;
 use super::fused::slice;
 use super::simd;
 
-/// `softmax(q k^T * scale + bias) v` per head, for `q` `[B, T, D]`, `k` and `v` `[B, S, D]`
-/// with `heads` heads, and `bias` broadcastable to `[B, H, T, S]` with a leading dimension of
-/// 1 or B, a second of 1, a third of 1 or T. Returns `[B, T, D]`.
+/// `dropout(softmax(q k^T * scale + bias)) v` per head, for `q` `[B, T, D]`, `k` and `v`
+/// `[B, S, D]` with `heads` heads, and `bias` broadcastable to `[B, H, T, S]` with a leading
+/// dimension of 1 or B, a second of 1, a third of 1 or T. `dropout`, if any, is the keep-mask
+/// (scaled) of the probabilities `[B, H, T, S]` in order, as [`super::ops::dropout`] would
+/// draw it for them. Returns `[B, T, D]`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
     heads: usize,
+    dropout: Option<Vec<f32>>,
 ) -> candle_core::Result<Tensor> {
     let (b, t, d) = q.dims3()?;
     let (bk, s, dk) = k.dims3()?;
@@ -59,10 +62,16 @@ pub fn attention(
             })
         }
     };
+    if let Some(m) = &dropout {
+        if m.len() != b * heads * t * s {
+            candle_core::bail!("fused attention: a dropout mask of {} values", m.len());
+        }
+    }
     let keep = q.track_op() || k.track_op() || v.track_op();
     let op = Attend {
         heads,
         bias,
+        dropout,
         keep,
         probs: Arc::new(Mutex::new(None)),
     };
@@ -89,6 +98,8 @@ impl Bias {
 struct Attend {
     heads: usize,
     bias: Option<Bias>,
+    /// The probabilities' keep-mask, `[B, H, T, S]`.
+    dropout: Option<Vec<f32>>,
     /// Whether the backward pass will need the probabilities.
     keep: bool,
     /// `[B, H, T, S]`, filled by the forward pass when `keep`.
@@ -150,6 +161,14 @@ unsafe fn product(
     )
 }
 
+impl Attend {
+    /// Task `task`'s probabilities `p` times their keep-mask, when dropout acts.
+    fn dropped(&self, task: usize, p: &[f32], len: usize) -> Option<Vec<f32>> {
+        let mask = &self.dropout.as_ref()?[task * len..(task + 1) * len];
+        Some(p.iter().zip(mask).map(|(p, m)| p * m).collect())
+    }
+}
+
 impl CustomOp3 for Attend {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -204,13 +223,15 @@ impl CustomOp3 for Attend {
                         scale,
                     );
                     simd::softmax_in_place(p, s);
+                    // The kept probabilities stay undropped; the context uses the dropped.
+                    let dropped = self.dropped(task, p, t * s);
                     let oh = out_ptr.at(bi * t * d + hi * dh);
                     product(
                         (t, dh, s),
                         oh,
                         (d, 1),
                         false,
-                        p.as_ptr(),
+                        dropped.as_deref().unwrap_or(p).as_ptr(),
                         (s, 1),
                         vh,
                         (d, 1),
@@ -266,13 +287,14 @@ impl CustomOp3 for Attend {
                 let kv_off = bi * s * d + hi * dh;
                 let gh = g.as_ptr().add(q_off);
                 if want_v {
-                    // dv = p^T g: p^T (s x t) has strides (1, s).
+                    // dv = p^T g (p as dropped): p^T (s x t) has strides (1, s).
+                    let dropped = self.dropped(task, p, t * s);
                     product(
                         (s, dh, t),
                         dv_ptr.at(kv_off),
                         (d, 1),
                         false,
-                        p.as_ptr(),
+                        dropped.as_deref().unwrap_or(p).as_ptr(),
                         (1, s),
                         gh,
                         (d, 1),
@@ -293,6 +315,10 @@ impl CustomOp3 for Attend {
                         (1, d),
                         1.0,
                     );
+                    if let Some(mask) = &self.dropout {
+                        let mask = &mask[task * t * s..(task + 1) * t * s];
+                        dp.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                    }
                     simd::softmax_grad(&mut ds, p, &dp, s);
                     if want_q {
                         product(
@@ -399,7 +425,8 @@ mod tests {
                     Var::from_tensor(&v0).unwrap(),
                 );
                 let y = if fused {
-                    super::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, h).unwrap()
+                    super::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, h, None)
+                        .unwrap()
                 } else {
                     composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, h)
                 };
@@ -425,7 +452,7 @@ mod tests {
         }
         // Frozen keys and values (plain tensors): only the queries get a gradient.
         let q = Var::from_tensor(&q0).unwrap();
-        let y = super::attention(q.as_tensor(), &k0, &v0, Some(&pad), h).unwrap();
+        let y = super::attention(q.as_tensor(), &k0, &v0, Some(&pad), h, None).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&k0).is_none() && grads.get(&v0).is_none());
         assert!(grads.get(q.as_tensor()).is_some());
@@ -433,7 +460,7 @@ mod tests {
         let all_masked =
             ops::attention_bias(&Tensor::zeros((b, s), candle_core::DType::F32, &dev).unwrap())
                 .unwrap();
-        let y = super::attention(&q0, &k0, &v0, Some(&all_masked), h).unwrap();
+        let y = super::attention(&q0, &k0, &v0, Some(&all_masked), h, None).unwrap();
         let finite = y
             .flatten_all()
             .unwrap()
@@ -443,7 +470,7 @@ mod tests {
             .all(|x| x.is_finite());
         assert!(finite);
         // Shapes that do not fit are errors.
-        assert!(super::attention(&q0, &k0, &v0, None, 5).is_err());
-        assert!(super::attention(&q0, &k0, &v0, Some(&g.unsqueeze(1).unwrap()), h).is_err());
+        assert!(super::attention(&q0, &k0, &v0, None, 5, None).is_err());
+        assert!(super::attention(&q0, &k0, &v0, Some(&g.unsqueeze(1).unwrap()), h, None).is_err());
     }
 }

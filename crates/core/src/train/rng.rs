@@ -136,11 +136,6 @@ pub fn training_pass<R>(
     f()
 }
 
-/// Whether a training pass is open on this thread, so that dropout drops.
-pub fn in_training_pass() -> bool {
-    DROPOUT.with(|d| d.borrow().is_some())
-}
-
 /// splitmix64: a bijective mix, so that distinct tuples give distinct, unrelated seeds.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
