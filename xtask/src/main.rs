@@ -25,7 +25,8 @@ enum Command {
         command: DatasetsCommand,
     },
     /// Time the backbones, task heads, optimizer and hot ops, side by side with PyTorch with
-    /// --vs-torch (writes target/bench/latest.json and report.md).
+    /// --vs-torch (writes target/bench/latest.json and report.md); `bench transfer`: what
+    /// pretraining buys on every task's real data.
     Bench(bench::BenchArgs),
     /// One bench row, in a process of its own (started by `bench`).
     #[command(hide = true)]

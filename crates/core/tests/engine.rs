@@ -57,6 +57,50 @@ fn snapshot(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
 }
 
 #[test]
+fn a_run_saving_every_few_steps_instead_of_every_epoch_still_resumes_exactly() {
+    // Three examples in batches of four: every epoch is one step, the case the step interval
+    // is for (a small data set whose epoch-end checkpoints would cost more than its steps).
+    let cfg = TrainConfig {
+        epochs: 6,
+        checkpoint_every: Some(4),
+        ..config(Freeze::Full)
+    };
+    let data = Images::new(3);
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = Classify::new(Freeze::Full);
+    let opts = options(straight_dir.path());
+    let report = fit(&straight, &data, None::<&Images>, &cfg, &cfg, &opts).unwrap();
+    assert_eq!((report.steps, report.finished), (6, true));
+    // The end of the run is saved even off the interval.
+    let last = checkpoint::load(&report.last_checkpoint, &Device::Cpu).unwrap();
+    assert!(
+        last.state.finished && last.state.step == 6,
+        "{:?}",
+        last.state
+    );
+
+    let split_dir = tempfile::tempdir().unwrap();
+    let first = Classify::new(Freeze::Full);
+    let opts = RunOptions {
+        stop_after: Some(2),
+        ..options(split_dir.path())
+    };
+    assert!(
+        !fit(&first, &data, None::<&Images>, &cfg, &cfg, &opts)
+            .unwrap()
+            .finished
+    );
+    let resumed = Classify::new(Freeze::Full);
+    let opts = RunOptions {
+        resume: true,
+        ..options(split_dir.path())
+    };
+    let again = fit(&resumed, &data, None::<&Images>, &cfg, &cfg, &opts).unwrap();
+    assert_eq!((again.steps, again.finished), (6, true));
+    assert_eq!(snapshot(&straight.params), snapshot(&resumed.params));
+}
+
+#[test]
 fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
     let cfg = config(Freeze::Full);
     let data = Images::new(10);

@@ -8,6 +8,7 @@ use candle_core::Device;
 use downstream_core::train::checkpoint;
 use downstream_core::train::config::{holdout, DataConfig, RunConfig, TrainConfig};
 use downstream_core::train::predict_all;
+use downstream_core::train::result::{self, RunResult};
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,19 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         }
         None => train,
     };
+    let mut val_ids: Vec<u64> = val.images.iter().map(|i| i.id).collect();
+    val_ids.sort_unstable();
+    let val = match cfg.val_kept(val_ids.len()) {
+        Some(keep) => {
+            let kept: std::collections::HashSet<u64> = val_ids
+                .iter()
+                .zip(keep)
+                .filter_map(|(&id, k)| k.then_some(id))
+                .collect();
+            subset(&val, &kept, true)
+        }
+        None => val,
+    };
     Ok((train, val))
 }
 
@@ -191,6 +205,14 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         &run.dir.join("predictions"),
         8,
     )?;
+    let metrics = coco_eval::STAT_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .zip(stats.values)
+        .collect();
+    let main = downstream_core::train::Task::main_metric(&detector);
+    let summary = RunResult::new(&report, main, metrics, val_set.images.len());
+    result::write(&run.dir, &summary)?;
     Ok(TrainOutcome {
         report,
         stats,

@@ -108,6 +108,12 @@ fn an_unseen_coco_data_set_trains_evaluates_and_predicts_without_code_change() {
         .all(|v| (-1.0..=1.0).contains(v)));
     let names: Vec<_> = outcome.per_category.keys().cloned().collect();
     assert_eq!(names, ["dent", "scratch"]);
+    // The machine-readable result holds what was printed, for scripts and studies.
+    let result = downstream_core::train::result::read(&run_dir).unwrap();
+    assert_eq!(result.main(), Some(outcome.stats.values[0]));
+    assert_eq!(result.metrics["AP50"], outcome.stats.values[1]);
+    assert_eq!(result.steps, 4);
+    assert!(result.val_examples > 0);
     for f in [
         "config.toml",
         "categories.json",

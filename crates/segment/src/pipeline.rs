@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use downstream_core::train::checkpoint;
 use downstream_core::train::config::{holdout, DataConfig, RunConfig, TrainConfig};
+use downstream_core::train::result::{self, RunResult};
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use downstream_core::train::{predict_all, Dataset};
 use downstream_core::vision::draw::{colour, overlay, with_legend};
@@ -154,10 +155,15 @@ pub fn load_data(
             (train.select(|i| !held[i]), val)
         }
     };
-    match data.kept(train.pairs.len()) {
-        Some(keep) => Ok((train.select(|i| keep[i]), val)),
-        None => Ok((train, val)),
-    }
+    let train = match data.kept(train.pairs.len()) {
+        Some(keep) => train.select(|i| keep[i]),
+        None => train,
+    };
+    let val = match data.val_kept(val.pairs.len()) {
+        Some(keep) => val.select(|i| keep[i]),
+        None => val,
+    };
+    Ok((train, val))
 }
 
 /// What a finished training run reports.
@@ -221,6 +227,17 @@ pub fn train(cfg: &SegmentConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let out = run.dir.join("predictions");
     let (stats, predictions) =
         evaluate_and_draw(&segmenter, &val_data, &labels, cfg.train.batch, &out, DRAWN)?;
+    let metrics = [
+        ("mIoU", stats.miou),
+        ("mAcc", stats.m_acc),
+        ("aAcc", stats.a_acc),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v))
+    .collect();
+    let main = downstream_core::train::Task::main_metric(&segmenter);
+    let summary = RunResult::new(&report, main, metrics, val_data.len());
+    result::write(&run.dir, &summary)?;
     Ok(TrainOutcome {
         report,
         stats,

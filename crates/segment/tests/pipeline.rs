@@ -154,6 +154,9 @@ fn an_unseen_data_set_trains_evaluates_and_raises_miou() {
     let after = pipeline::train(&cfg, &quiet(&dir)).unwrap();
     assert!(after.report.finished);
     assert_eq!(after.classes, ["class 0", "class 1", "class 2"]);
+    let result = downstream_core::train::result::read(&dir).unwrap();
+    assert_eq!(result.main_metric, "mIoU");
+    assert_eq!(result.main(), Some(after.stats.miou));
     eprintln!(
         "mIoU untrained {:.3}, trained {:.3}",
         before.stats.miou, after.stats.miou

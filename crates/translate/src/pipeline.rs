@@ -14,6 +14,7 @@ use candle_core::Device;
 use downstream_core::tokenizer::TextTokenizer;
 use downstream_core::train::checkpoint;
 use downstream_core::train::config::{holdout, DataConfig, RunConfig, TrainConfig};
+use downstream_core::train::result::{self, RunResult};
 use downstream_core::train::trainer::{fit, FitReport, RunOptions};
 use downstream_core::train::{predict_all, Dataset};
 use serde::{Deserialize, Serialize};
@@ -150,6 +151,14 @@ pub fn load_pairs(cfg: &TranslateConfig) -> Result<Splits> {
             .filter_map(|(p, k)| k.then_some(p))
             .collect();
     }
+    let val: Vec<_> = match data.val_kept(val.len()) {
+        Some(keep) => val
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(p, k)| k.then_some(p))
+            .collect(),
+        None => val,
+    };
     anyhow::ensure!(
         !train.is_empty() && !val.is_empty(),
         "need at least one training and one validation pair"
@@ -310,6 +319,13 @@ pub fn train(cfg: &TranslateConfig, run: &RunOptions) -> Result<TrainOutcome> {
         .take(EXAMPLES)
         .map(|(p, h)| (p.source.clone(), h.clone(), p.target.clone()))
         .collect();
+    let metrics = [("bleu", scores.bleu), ("chrf", scores.chrf)]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    let main = downstream_core::train::Task::main_metric(&translator);
+    let summary = RunResult::new(&report, main, metrics, splits.val.len());
+    result::write(&run.dir, &summary)?;
     Ok(TrainOutcome {
         report,
         scores: Some(scores),

@@ -144,6 +144,11 @@ fn training_raises_bleu_and_the_commands_work_on_the_run() {
     cfg.train.epochs = 12;
     let outcome = pipeline::train(&cfg, &quiet(&run_dir)).unwrap();
     let after = outcome.scores.unwrap().bleu;
+    let result = downstream_core::train::result::read(&run_dir).unwrap();
+    assert_eq!(
+        (result.main_metric.as_str(), result.main()),
+        ("bleu", Some(after))
+    );
     eprintln!("BLEU {before:.1} untrained, {after:.1} trained");
     assert!(
         after > before + 30.0,

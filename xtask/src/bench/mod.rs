@@ -4,13 +4,15 @@
 //! with `--vs-torch`, on PyTorch's with the same shapes, threads and optimizer; the report
 //! gives the ratio, samples/s, peak resident memory, achieved GFLOP/s and their share of the
 //! ceiling, as a markdown table, `target/bench/latest.json` and (full runs) a dated copy
-//! under `bench/results/`.
+//! under `bench/results/`. `cargo xtask bench transfer` is the other study: what pretraining
+//! buys on each task's real data (`transfer/`).
 
 mod cases;
 mod machine;
 mod report;
 mod rows;
 mod torch;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,8 +22,18 @@ use anyhow::{bail, Context, Result};
 use cases::Timing;
 use report::Report;
 
+#[derive(clap::Subcommand)]
+enum Study {
+    /// What pretraining buys: scratch, frozen and full fine-tuning of every task on its real
+    /// data at three training-set sizes (writes target/bench/transfer.json, tables, charts).
+    Transfer(transfer::TransferArgs),
+}
+
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    study: Option<Study>,
     /// Two timed runs per row instead of seven (the PyTorch side only with --vs-torch): a
     /// check that every row still runs, not a measurement.
     #[arg(long)]
@@ -71,6 +83,9 @@ fn time_in_child(id: &str, runs: usize) -> Result<Timing> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(Study::Transfer(t)) = args.study {
+        return transfer::run(t, &repo());
+    }
     let runs = args.runs.unwrap_or(if args.quick { 2 } else { 7 });
     if runs == 0 {
         bail!("--runs must be at least 1");

@@ -53,7 +53,8 @@ pub struct TrainConfig {
     pub val_loss: bool,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<usize>,
-    /// Also save the last checkpoint every this many steps (it is always saved per epoch).
+    /// Save the last checkpoint every this many steps instead of at every epoch's end (and
+    /// always when the run ends): for data sets whose epochs are a few steps long.
     pub checkpoint_every: Option<u64>,
     pub feature_cache: CacheKind,
     /// Batch examples of similar length together where the data set knows lengths (text), so
@@ -186,7 +187,7 @@ pub struct TrainArgs {
     /// Evaluate during training on N validation examples spread over the set.
     #[arg(long)]
     pub eval_subset: Option<usize>,
-    /// Save the last checkpoint every N steps as well as every epoch.
+    /// Save the last checkpoint every N steps instead of at every epoch's end.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Where frozen-backbone features are cached.
@@ -208,6 +209,9 @@ pub struct DataConfig {
     /// `subset_seed`, so that growing limits give nested subsets (data-size studies).
     pub train_limit: Option<usize>,
     pub subset_seed: u64,
+    /// Validate on this many of the validation examples, spread evenly over the set (the same
+    /// ones every time): a quick check's budget, not a measurement. All of them if absent.
+    pub val_limit: Option<usize>,
 }
 
 impl DataConfig {
@@ -225,6 +229,17 @@ impl DataConfig {
         Some(keep)
     }
 
+    /// Which of `n` validation items to keep under `val_limit`: evenly spread, as the engine's
+    /// evaluation subset, so that a limited set still covers the whole split (`None`: all).
+    pub fn val_kept(&self, n: usize) -> Option<Vec<bool>> {
+        let limit = self.val_limit?;
+        let mut keep = vec![false; n];
+        for i in spread(n, limit) {
+            keep[i] = true;
+        }
+        Some(keep)
+    }
+
     /// The share of the training data held out when no validation set is given (default 0.2).
     pub fn holdout_fraction(&self) -> Result<f64> {
         let f = self.val_fraction.unwrap_or(0.2);
@@ -233,6 +248,15 @@ impl DataConfig {
             "val_fraction must be between 0 and 1, not {f}"
         );
         Ok(f)
+    }
+}
+
+/// `k` indices spread evenly over `0..n` (all of them when `k >= n`), in order.
+pub fn spread(n: usize, k: usize) -> Vec<usize> {
+    if k >= n {
+        (0..n).collect()
+    } else {
+        (0..k).map(|i| i * n / k).collect()
     }
 }
 
@@ -255,6 +279,9 @@ pub struct DataArgs {
     /// Train on N of the training examples (a fixed selection; growing N gives nested sets).
     #[arg(long)]
     pub train_limit: Option<usize>,
+    /// Validate on N of the validation examples, spread over the set (a quick check).
+    #[arg(long)]
+    pub val_limit: Option<usize>,
 }
 
 impl DataArgs {
@@ -267,6 +294,9 @@ impl DataArgs {
         }
         if self.train_limit.is_some() {
             cfg.train_limit = self.train_limit;
+        }
+        if self.val_limit.is_some() {
+            cfg.val_limit = self.val_limit;
         }
     }
 }
@@ -528,6 +558,7 @@ mod tests {
             data: Some("here".into()),
             val: None,
             train_limit: None,
+            val_limit: None,
         };
         let cfg: Whole = resolve(&args, &fresh, dir.path(), |c: &mut Whole| {
             data.apply(&mut c.data)
@@ -578,5 +609,15 @@ mod tests {
         assert_eq!(large.iter().filter(|&&k| k).count(), 9);
         assert!(small.iter().zip(&large).all(|(s, l)| !s || *l));
         assert_eq!(DataConfig::default().kept(5), None);
+        // A validation limit spreads over the whole set.
+        let val = DataConfig {
+            val_limit: Some(3),
+            ..Default::default()
+        };
+        let kept: Vec<usize> = (val.val_kept(9).unwrap().into_iter().enumerate())
+            .filter_map(|(i, k)| k.then_some(i))
+            .collect();
+        assert_eq!(kept, [0, 3, 6]);
+        assert_eq!(DataConfig::default().val_kept(5), None);
     }
 }

@@ -50,13 +50,10 @@ impl<'a, D: Dataset> Subset<'a, D> {
     /// `n` examples spread evenly over `data` (all of them if it has no more): a validation
     /// subset that stays the same for every evaluation and covers the whole set.
     pub fn spread(data: &'a D, n: usize) -> Self {
-        let len = data.len();
-        let indices = if n >= len {
-            (0..len).collect()
-        } else {
-            (0..n).map(|i| i * len / n).collect()
-        };
-        Self { data, indices }
+        Self {
+            data,
+            indices: super::config::spread(data.len(), n),
+        }
     }
 }
 

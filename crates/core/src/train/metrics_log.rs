@@ -19,7 +19,7 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-fn nan_if_null_map<'de, D: Deserializer<'de>>(
+pub(crate) fn nan_if_null_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<BTreeMap<String, f64>, D::Error> {
     let map = BTreeMap::<String, Option<f64>>::deserialize(d)?;

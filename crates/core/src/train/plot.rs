@@ -1,7 +1,9 @@
-//! The run's plots, drawn from `metrics.jsonl` when a run finishes: `loss.png` (training loss
-//! per step with a smoothed trend, and the validation loss where one was logged) and
-//! `metrics.png` (the few validation metrics the task names, not every one it reports, so
-//! the lines stay apart and readable). Text comes from an embedded font, so plots work on
+//! The project's plots. A run's, drawn from `metrics.jsonl` when it finishes: `loss.png`
+//! (training loss per step with a smoothed trend, and the validation loss where one was
+//! logged) and `metrics.png` (the few validation metrics the task names, not every one it
+//! reports, so the lines stay apart and readable). And [`line_chart`], the same drawing for
+//! measurements against any x (a study's metric against training-set size), with the spread
+//! of repeated measurements as bars. Text comes from an embedded font, so plots work on
 //! machines with no fonts installed.
 
 use std::collections::BTreeMap;
@@ -55,6 +57,7 @@ pub fn plot_run(run_dir: &Path, plotted: &[String]) -> Result<Vec<PathBuf>> {
             width: 1,
             markers: loss.len() <= 30,
             points: loss,
+            spread: Vec::new(),
         },
         Series {
             label: "loss (EMA)".into(),
@@ -62,6 +65,7 @@ pub fn plot_run(run_dir: &Path, plotted: &[String]) -> Result<Vec<PathBuf>> {
             width: 2,
             markers: false,
             points: smoothed,
+            spread: Vec::new(),
         },
     ];
     if !val_loss.is_empty() {
@@ -71,10 +75,11 @@ pub fn plot_run(run_dir: &Path, plotted: &[String]) -> Result<Vec<PathBuf>> {
             width: 2,
             markers: true,
             points: finite_sorted(val_loss),
+            spread: Vec::new(),
         });
     }
     let path = run_dir.join("loss.png");
-    render_png(&path, "training loss", "loss", &loss_series)?;
+    render_png(&path, "training loss", &Axes::steps("loss"), &loss_series)?;
     written.push(path);
 
     if any_eval {
@@ -91,11 +96,12 @@ pub fn plot_run(run_dir: &Path, plotted: &[String]) -> Result<Vec<PathBuf>> {
                     width: 2,
                     markers: points.len() <= 100,
                     points,
+                    spread: Vec::new(),
                 }
             })
             .collect();
         let path = run_dir.join("metrics.png");
-        render_png(&path, "validation metrics", "value", &series)?;
+        render_png(&path, "validation metrics", &Axes::steps("value"), &series)?;
         written.push(path);
     }
     Ok(written)
@@ -121,6 +127,82 @@ struct Series {
     color: RGBColor,
     width: u32,
     markers: bool,
+    /// Vertical bars (x, low, high): the range of repeated measurements.
+    spread: Vec<(f64, f64, f64)>,
+}
+
+/// What the axes say, and whether x is drawn on a log scale.
+struct Axes<'a> {
+    x_desc: &'a str,
+    y_desc: &'a str,
+    log_x: bool,
+}
+
+impl<'a> Axes<'a> {
+    fn steps(y_desc: &'a str) -> Self {
+        Self {
+            x_desc: "step",
+            y_desc,
+            log_x: false,
+        }
+    }
+}
+
+/// One measured point of a [`Line`]: the value drawn, and the range its repeats span.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One line of a [`line_chart`].
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub label: String,
+    pub points: Vec<Point>,
+}
+
+/// Writes a PNG line chart to `path` (atomically): one line per entry of `lines`, in the
+/// palette's colours, each point marked with a bar over its `low..high` where they differ.
+/// With `log_x` the x axis is logarithmic (sizes that grow by factors), labelled in x's own
+/// units. Non-finite points are skipped.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    log_x: bool,
+    lines: &[Line],
+) -> Result<()> {
+    let tx = |x: f64| if log_x { x.log10() } else { x };
+    let series: Vec<Series> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let ok = |p: &&Point| p.x.is_finite() && p.y.is_finite() && (!log_x || p.x > 0.0);
+            let kept: Vec<&Point> = line.points.iter().filter(ok).collect();
+            Series {
+                label: line.label.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                width: 2,
+                markers: true,
+                points: finite_sorted(kept.iter().map(|p| (tx(p.x), p.y)).collect()),
+                spread: kept
+                    .iter()
+                    .filter(|p| p.low.is_finite() && p.high.is_finite() && p.low < p.high)
+                    .map(|p| (tx(p.x), p.low, p.high))
+                    .collect(),
+            }
+        })
+        .collect();
+    let axes = Axes {
+        x_desc,
+        y_desc,
+        log_x,
+    };
+    render_png(path, title, &axes, &series)
 }
 
 fn finite_sorted(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
@@ -161,11 +243,11 @@ fn ensure_font() -> Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
-fn render_png(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
+fn render_png(path: &Path, title: &str, axes: &Axes, series: &[Series]) -> Result<()> {
     ensure_font()?;
     let (w, h) = PLOT_SIZE;
     let mut buf = vec![0u8; w as usize * h as usize * 3];
-    draw_chart(&mut buf, title, y_label, series)
+    draw_chart(&mut buf, title, axes, series)
         .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
 
     // A viewer or a concurrent `plot_run` must never see a half-written PNG.
@@ -184,16 +266,20 @@ fn render_png(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Res
 fn draw_chart(
     buf: &mut [u8],
     title: &str,
-    y_label: &str,
+    axes: &Axes,
     series: &[Series],
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let root = BitMapBackend::with_buffer(buf, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
 
     let pts = || series.iter().flat_map(|s| s.points.iter());
+    let bars = || series.iter().flat_map(|s| s.spread.iter());
     let empty = pts().next().is_none();
-    let (x0, x1) = padded_range(pts().map(|p| p.0), 0.0, Some(1.0));
-    let (y0, y1) = padded_range(pts().map(|p| p.1), 0.05, None);
+    // A log axis gets a margin so that its end points and their markers stay inside.
+    let x_margin = if axes.log_x { 0.05 } else { 0.0 };
+    let (x0, x1) = padded_range(pts().map(|p| p.0), x_margin, Some(1.0));
+    let ys = pts().map(|p| p.1).chain(bars().flat_map(|b| [b.1, b.2]));
+    let (y0, y1) = padded_range(ys, 0.05, None);
 
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
@@ -206,7 +292,14 @@ fn draw_chart(
     // distinct labels.
     let decimals = |span: f64| (-(span / 10.0).log10()).ceil().clamp(0.0, 8.0) as usize;
     let (xd, yd) = (decimals(x1 - x0), decimals(y1 - y0));
-    let x_fmt = move |x: &f64| format!("{x:.xd$}");
+    let log_x = axes.log_x;
+    let x_fmt = move |x: &f64| {
+        if log_x {
+            format!("{:.0}", 10f64.powf(*x))
+        } else {
+            format!("{x:.xd$}")
+        }
+    };
     let y_fmt = move |y: &f64| {
         if *y != 0.0 && (y.abs() >= 1e5 || (y1 - y0) < 1e-4) {
             format!("{y:.3e}")
@@ -216,8 +309,8 @@ fn draw_chart(
     };
     chart
         .configure_mesh()
-        .x_desc("step")
-        .y_desc(y_label)
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_desc)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .x_label_formatter(&x_fmt)
@@ -251,6 +344,11 @@ fn draw_chart(
         if s.markers {
             chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, style.filled())))?;
         }
+        chart.draw_series(
+            s.spread.iter().map(|&(x, lo, hi)| {
+                PathElement::new(vec![(x, lo), (x, hi)], style.stroke_width(1))
+            }),
+        )?;
     }
     if !empty {
         chart
@@ -402,6 +500,50 @@ mod tests {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_line_chart_draws_each_line_in_its_colour_with_its_spread() {
+        let dir = tempfile::tempdir().unwrap();
+        let point = |x: f64, y: f64, d: f64| Point {
+            x,
+            y,
+            low: y - d,
+            high: y + d,
+        };
+        let lines = vec![
+            Line {
+                label: "frozen".into(),
+                points: vec![point(300.0, 30.0, 1.0), point(3000.0, 28.0, 0.0)],
+            },
+            Line {
+                label: "full".into(),
+                // A non-finite value is skipped, not drawn or fatal.
+                points: vec![point(300.0, 40.0, 2.0), point(900.0, f64::NAN, 0.0)],
+            },
+            Line {
+                label: "never run".into(),
+                points: Vec::new(),
+            },
+        ];
+        let path = dir.path().join("chart.png");
+        line_chart(&path, "study", "training examples", "mIoU", true, &lines).unwrap();
+        let img = decode(&path);
+        let count = |c: RGBColor| img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count();
+        assert!(count(PALETTE[0]) > 100, "the first line is missing");
+        assert!(count(PALETTE[1]) > 20, "the second line's point is missing");
+        // The bar over the second line's spread (38 to 42) is drawn in its colour, above and
+        // below its marker: more of that colour than a marker and a legend entry alone.
+        let without_bar = {
+            let mut l = lines.clone();
+            l[1].points[0] = point(300.0, 40.0, 0.0);
+            let p = dir.path().join("no_bar.png");
+            line_chart(&p, "study", "training examples", "mIoU", true, &l).unwrap();
+            let img = decode(&p);
+            let c = PALETTE[1];
+            img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
+        };
+        assert!(count(PALETTE[1]) > without_bar + 10, "no spread bar drawn");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub fn print_run_files(report: &FitReport, dir: &Path, outputs: &[(&str, String)
     if let Some(b) = &report.best_checkpoint {
         line("best model", &b.display());
     }
+    let result = dir.join(super::result::RESULT_FILE);
+    if result.is_file() {
+        line("result", &result.display());
+    }
     for (label, what) in outputs {
         line(label, what);
     }

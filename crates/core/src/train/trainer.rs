@@ -452,7 +452,11 @@ where
         if last_epoch {
             run.state.finished = true;
         }
-        run.save_last()?;
+        // With a step interval the epochs' ends are not saved: on a small data set an epoch is
+        // a step or two, and a full-mode checkpoint (weights and moments) costs more than one.
+        if cfg.checkpoint_every.is_none() || run.state.finished || stopped_early {
+            run.save_last()?;
+        }
     }
     let plots = if run.state.finished {
         plot_run(dir, &task.plotted_metrics())?
