@@ -88,34 +88,27 @@ pub fn load_data(cfg: &DataConfig) -> Result<(DetectionSet, DetectionSet)> {
         Some(v) => (train, data::load(&v)?),
         None => holdout_split(&train, cfg)?,
     };
-    // Whole images are kept or dropped, in id order.
-    let mut ids: Vec<u64> = train.images.iter().map(|i| i.id).collect();
+    let train = limited(train, |n| cfg.kept(n));
+    let val = limited(val, |n| cfg.val_kept(n));
+    Ok((train, val))
+}
+
+/// `set` less the images a limit drops: `keep(n)` says which of its `n` images, in id order,
+/// stay (`None`: all). Whole images are kept or dropped, with their boxes.
+fn limited(set: DetectionSet, keep: impl FnOnce(usize) -> Option<Vec<bool>>) -> DetectionSet {
+    let mut ids: Vec<u64> = set.images.iter().map(|i| i.id).collect();
     ids.sort_unstable();
-    let train = match cfg.kept(ids.len()) {
+    match keep(ids.len()) {
         Some(keep) => {
             let kept: std::collections::HashSet<u64> = ids
                 .iter()
                 .zip(keep)
                 .filter_map(|(&id, k)| k.then_some(id))
                 .collect();
-            subset(&train, &kept, true)
+            subset(&set, &kept, true)
         }
-        None => train,
-    };
-    let mut val_ids: Vec<u64> = val.images.iter().map(|i| i.id).collect();
-    val_ids.sort_unstable();
-    let val = match cfg.val_kept(val_ids.len()) {
-        Some(keep) => {
-            let kept: std::collections::HashSet<u64> = val_ids
-                .iter()
-                .zip(keep)
-                .filter_map(|(&id, k)| k.then_some(id))
-                .collect();
-            subset(&val, &kept, true)
-        }
-        None => val,
-    };
-    Ok((train, val))
+        None => set,
+    }
 }
 
 /// The training set less every k-th image (by id), and those images to validate.

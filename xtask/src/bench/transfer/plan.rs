@@ -146,31 +146,19 @@ fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-const AP: Reported = Reported {
-    name: "AP",
-    scale: 1.0,
-    decimals: 3,
-};
-const AP50: Reported = Reported {
-    name: "AP50",
-    scale: 1.0,
-    decimals: 3,
-};
-const MIOU: Reported = Reported {
-    name: "mIoU",
-    scale: 100.0,
-    decimals: 1,
-};
-const BLEU: Reported = Reported {
-    name: "bleu",
-    scale: 1.0,
-    decimals: 2,
-};
-const CHRF: Reported = Reported {
-    name: "chrf",
-    scale: 1.0,
-    decimals: 2,
-};
+const fn reported(name: &'static str, scale: f64, decimals: usize) -> Reported {
+    Reported {
+        name,
+        scale,
+        decimals,
+    }
+}
+
+const AP: Reported = reported("AP", 1.0, 3);
+const AP50: Reported = reported("AP50", 1.0, 3);
+const MIOU: Reported = reported("mIoU", 100.0, 1);
+const BLEU: Reported = reported("bleu", 1.0, 2);
+const CHRF: Reported = reported("chrf", 1.0, 2);
 
 /// The full study: about 10%, 30% and 100% of each training split.
 pub fn full() -> Vec<TaskPlan> {
