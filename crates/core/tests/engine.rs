@@ -503,7 +503,7 @@ fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
 }
 
 #[test]
-fn resuming_without_a_checkpoint_is_a_clear_error() {
+fn resuming_without_a_usable_checkpoint_is_a_clear_error() {
     let cfg = config(Freeze::Frozen);
     let task = Classify::new(Freeze::Frozen);
     let dir = tempfile::tempdir().unwrap();
@@ -516,9 +516,36 @@ fn resuming_without_a_checkpoint_is_a_clear_error() {
         fit(&task, &Images::new(8), None::<&Images>, &cfg, &cfg, &opts).unwrap_err()
     );
     assert!(
-        err.contains("no usable checkpoint") && err.contains("last.safetensors"),
+        err.contains("cannot resume from") && err.contains("last.safetensors"),
         "{err}"
     );
+
+    // A checkpoint damaged on disk: refused, naming it and what the user can do.
+    let stopped = RunOptions {
+        stop_after: Some(2),
+        ..options(dir.path())
+    };
+    fit(
+        &task,
+        &Images::new(8),
+        None::<&Images>,
+        &cfg,
+        &cfg,
+        &stopped,
+    )
+    .unwrap();
+    let last = checkpoint::last_path(dir.path());
+    let mut bytes = std::fs::read(&last).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&last, bytes).unwrap();
+    let err = format!(
+        "{:#}",
+        fit(&task, &Images::new(8), None::<&Images>, &cfg, &cfg, &opts).unwrap_err()
+    );
+    for want in ["last.safetensors", "damaged", "without --resume"] {
+        assert!(err.contains(want), "`{want}` not in: {err}");
+    }
 }
 
 /// The names of the trainable parameters, sorted.

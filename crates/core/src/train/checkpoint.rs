@@ -2,6 +2,11 @@
 //! safetensors file, with the position and resolved configuration in its metadata. Written
 //! atomically, so a crash while saving leaves the previous checkpoint loadable. A weights-only
 //! checkpoint (no moments) ships a trained model; it cannot resume a run.
+//!
+//! A file damaged on disk or in a copy (cut short, a byte flipped, a garbled header) must not
+//! load as if it were whole: the metadata holds a CRC-32 of the tensors' bytes and of the
+//! rest of the metadata, checked on every load, and a mismatch is an error naming the file.
+//! (Checkpoints written before the checksum existed load unchecked.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,7 @@ pub struct TrainState {
 
 const STATE_KEY: &str = "downstream.state";
 const CONFIG_KEY: &str = "downstream.config";
+const CHECKSUM_KEY: &str = "downstream.crc32";
 
 pub struct Checkpoint {
     pub tensors: HashMap<String, Tensor>,
@@ -84,15 +90,86 @@ fn write(
     let bytes =
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
             .context("serialising the checkpoint")?;
-    crate::atomic::write(path, &bytes)
+    crate::atomic::write(path, &with_checksum(&bytes)?)
+}
+
+/// A safetensors file's header (JSON) and data section; an error if the length prefix does
+/// not fit the file.
+fn sections(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(n).ok()?)?;
+    Some((bytes.get(8..end)?, &bytes[end..]))
+}
+
+/// The CRC-32 of the header's content without the checksum itself (in serde_json's canonical
+/// form, so that whitespace does not count) followed by the data section.
+fn checksum(header: &mut serde_json::Value, data: &[u8]) -> Result<u32> {
+    if let Some(meta) = header
+        .get_mut("__metadata__")
+        .and_then(|m| m.as_object_mut())
+    {
+        meta.remove(CHECKSUM_KEY);
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&serde_json::to_vec(header)?);
+    crc.update(data);
+    Ok(crc.finalize())
+}
+
+fn with_checksum(bytes: &[u8]) -> Result<Vec<u8>> {
+    let (header, data) = sections(bytes).context("safetensors wrote a malformed file")?;
+    let mut json: serde_json::Value = serde_json::from_slice(header)?;
+    let sum = checksum(&mut json, data)?;
+    json["__metadata__"][CHECKSUM_KEY] = format!("{sum:08x}").into();
+    let mut header = serde_json::to_vec(&json)?;
+    // safetensors pads its header with spaces so that the data stays 8-byte aligned.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// Checks the stored checksum of a file that safetensors has already parsed (`meta`: its
+/// metadata).
+fn verify(bytes: &[u8], meta: &HashMap<String, String>, path: &Path) -> Result<()> {
+    let damaged = || format!("{} is damaged", path.display());
+    let Some(stored) = meta.get(CHECKSUM_KEY) else {
+        // The layout from before the checksum, exactly; anything else (a key name garbled,
+        // say) is not a checkpoint this code wrote.
+        if meta.keys().any(|k| k != STATE_KEY && k != CONFIG_KEY) {
+            bail!(
+                "{}: no checksum, and metadata no version of this program writes",
+                damaged()
+            );
+        }
+        return Ok(());
+    };
+    let (header, data) = sections(bytes).with_context(damaged)?;
+    let mut json: serde_json::Value = serde_json::from_slice(header).with_context(damaged)?;
+    let sum = checksum(&mut json, data)?;
+    if format!("{sum:08x}") != *stored {
+        bail!(
+            "{} is damaged: its contents do not match the checksum written with it (the file \
+             was changed or cut short after it was saved)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{}: not a safetensors checkpoint", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| {
+        format!(
+            "{}: not a safetensors checkpoint, or a damaged one",
+            path.display()
+        )
+    })?;
     let meta = meta.metadata().clone().unwrap_or_default();
+    verify(&bytes, &meta, path)?;
     let state: TrainState = serde_json::from_str(
         meta.get(STATE_KEY)
             .with_context(|| format!("{}: no training state in the checkpoint", path.display()))?,
@@ -199,6 +276,58 @@ mod tests {
             s.insert(n, t, 0, true).unwrap();
         }
         s
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_naming_the_file_never_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last.safetensors");
+        let state = TrainState {
+            step: 12,
+            epoch: 3,
+            batch: 1,
+            seed: 5,
+            best_metric: Some(0.5),
+            best_step: Some(10),
+            evals_since_best: 1,
+            finished: false,
+        };
+        let config = serde_json::json!({"lr": 0.001});
+        save_weights(&path, &store(&["a", "b"], 2.0), &state, &config).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(load(&path, &Device::Cpu).unwrap().state, state);
+        // Other readers still see a plain safetensors file.
+        assert!(safetensors::SafeTensors::deserialize(&whole).is_ok());
+
+        let refused = |bytes: &[u8], what: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let err = match load(&path, &Device::Cpu) {
+                Ok(_) => panic!("{what}: loaded"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains("last.safetensors"), "{what}: {err}");
+            err
+        };
+        // One bit flipped anywhere: in the length, the header (state, configuration, names,
+        // shapes, offsets, the checksum itself) or the tensors.
+        for i in 0..whole.len() {
+            let mut bytes = whole.clone();
+            bytes[i] ^= 0x01;
+            refused(&bytes, &format!("byte {i} flipped"));
+        }
+        let err = refused(&whole[..whole.len() - 4], "cut short");
+        assert!(err.contains("damaged"), "{err}");
+        for n in [0, 7, 8, 100] {
+            refused(&whole[..n], &format!("cut to {n} bytes"));
+        }
+        let mut garbage = whole.clone();
+        garbage[8..40].fill(b'x');
+        refused(&garbage, "header garbage");
+        let mut data = whole.clone();
+        let last = data.len() - 1;
+        data[last] = data[last].wrapping_add(1);
+        let err = refused(&data, "a tensor changed");
+        assert!(err.contains("checksum"), "{err}");
     }
 
     #[test]

@@ -279,8 +279,14 @@ where
 
     let state = if options.resume {
         let path = options.last_checkpoint();
-        let ck = checkpoint::load(&path, &options.device)
-            .with_context(|| format!("resuming from {}: no usable checkpoint", path.display()))?;
+        let ck = checkpoint::load(&path, &options.device).with_context(|| {
+            format!(
+                "cannot resume from {}: put back an undamaged copy of that file, or start the \
+                 run again without --resume (its best checkpoint, if any, still serves `eval` \
+                 and `predict`)",
+                path.display()
+            )
+        })?;
         if ck.state.seed != cfg.seed {
             bail!(
                 "{}: the run was started with seed {}, not {}",
