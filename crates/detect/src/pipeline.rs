@@ -156,7 +156,8 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         cfg.postprocess.clone(),
         &device,
     )?;
-    std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
+    // Held until the run's last file is written; it creates the folder.
+    let _lock = downstream_core::train::lock::acquire(&run.dir)?;
     downstream_core::atomic::write(
         &run.dir.join("categories.json"),
         serde_json::to_string_pretty(&detector.categories)?.as_bytes(),

@@ -300,6 +300,45 @@ fn train_on_bad_data_fails_cleanly_naming_the_file() {
 }
 
 #[test]
+fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let runs = tempfile::tempdir().unwrap();
+    let run_dir = runs.path().join("detect").join("shared");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // A live process holds the folder (as a training run would).
+    let mut owner = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(
+        run_dir.join(downstream_core::train::lock::LOCK_FILE),
+        format!("{} 0\n", owner.id()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
+        .args(["train", "--epochs", "1", "--backbone", &tiny_backbone()])
+        .args(["--size", "64", "--name", "shared", "--runs-dir"])
+        .arg(runs.path())
+        .arg("--data")
+        .arg(&ann)
+        .output()
+        .unwrap();
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is in use")
+            && err.contains(&owner.id().to_string())
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(
+        !run_dir.join("checkpoints").exists(),
+        "the second run wrote into the folder"
+    );
+    assert!(!run_dir.join("config.toml").exists());
+}
+
+#[test]
 fn the_eval_and_predict_commands_use_a_trained_run() {
     let data = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 8, 64, 64);

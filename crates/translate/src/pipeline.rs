@@ -258,7 +258,8 @@ const EXAMPLES: usize = 5;
 pub fn train(cfg: &TranslateConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let device = run.device.clone();
     let splits = load_pairs(cfg)?;
-    std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
+    // Held until the run's last file is written; it creates the folder.
+    let _lock = downstream_core::train::lock::acquire(&run.dir)?;
     let target = Arc::new(target_tokenizer(
         &run.dir,
         &splits.train,

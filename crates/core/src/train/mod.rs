@@ -1,7 +1,7 @@
 //! The fine-tuning engine every task shares. A task hands it a model (backbone + head, as a
 //! [`Task`]), data sets and a configuration; the engine runs the loop, caches frozen
 //! features, schedules, clips, accumulates, checkpoints, resumes, evaluates (streaming, on
-//! detached weights), predicts, stops early, logs, plots and writes the run's result. One concept per module.
+//! detached weights), predicts, stops early, logs, plots and writes the run's result; one process per run folder. One concept per module.
 
 pub mod checkpoint;
 pub mod cli;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod feature_cache;
 pub mod inference;
+pub mod lock;
 pub mod metrics_log;
 pub mod optimizer;
 pub mod plot;

@@ -253,7 +253,7 @@ where
         bail!("the training set is empty");
     }
     let dir = &options.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _lock = super::lock::acquire(dir)?;
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
