@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -311,28 +311,119 @@ pub trait RunConfig: Serialize + DeserializeOwned + Default {
     }
 }
 
+/// Fields a resumed run may change: how long it goes on (extended only), when it evaluates,
+/// stops early and saves, and where features are cached; none of them changes what a step
+/// computes. (A longer budget stretches the rest of the learning-rate schedule: that is what
+/// extending asks for.)
+pub const RESUME_SAFE: &[&str] = &[
+    "train.epochs",
+    "train.steps",
+    "train.patience",
+    "train.eval_every",
+    "train.eval_every_steps",
+    "train.eval_batch",
+    "train.checkpoint_every",
+    "train.feature_cache",
+];
+
 /// The configuration a `train` command runs with. A new run: the `--config` file (or the task's
 /// defaults), the engine's flags on top, then the task's own (`apply`). A resumed run: the
-/// configuration saved in its folder, as it was started.
+/// configuration saved in its folder, with the flags given on top only where they leave the
+/// result as it was ([`RESUME_SAFE`], the budget only extended); any other difference is an
+/// error naming the fields, since the run would silently become one that nobody asked for.
 pub fn resolve<C: RunConfig>(
     train: &TrainArgs,
     run: &RunArgs,
     dir: &Path,
     apply: impl FnOnce(&mut C),
 ) -> Result<C> {
-    if run.resume {
-        let path = dir.join("config.toml");
-        return C::load(&path).with_context(|| {
-            format!("--resume needs the run's configuration, {}", path.display())
-        });
-    }
-    let mut cfg = match &train.config {
-        Some(path) => C::load(path)?,
-        None => C::default(),
+    let given = |base: Option<&Path>| -> Result<C> {
+        let mut cfg = match base {
+            Some(path) => C::load(path)?,
+            None => C::default(),
+        };
+        train.apply(cfg.train_mut());
+        Ok(cfg)
     };
-    train.apply(cfg.train_mut());
-    apply(&mut cfg);
-    Ok(cfg)
+    if !run.resume {
+        let mut cfg = given(train.config.as_deref())?;
+        apply(&mut cfg);
+        return Ok(cfg);
+    }
+    let path = dir.join("config.toml");
+    let load_saved = || {
+        C::load(&path)
+            .with_context(|| format!("--resume needs the run's configuration, {}", path.display()))
+    };
+    let mut saved = load_saved()?;
+    let mut asked = given(Some(train.config.as_deref().unwrap_or(&path)))?;
+    apply(&mut asked);
+    let changed = differences(&saved, &asked)?;
+    let unsafe_changes: Vec<&String> = changed
+        .iter()
+        .filter(|f| !RESUME_SAFE.contains(&f.as_str()))
+        .collect();
+    if !unsafe_changes.is_empty() {
+        bail!(
+            "--resume with a changed configuration: {} differ from the run's ({}), and would \
+             change its result. Resume without them, or start a new run (another --name). \
+             Only these may change on --resume: {}",
+            list(&unsafe_changes),
+            path.display(),
+            RESUME_SAFE.join(", ")
+        );
+    }
+    let (was, now) = (saved.train_mut().clone(), asked.train_mut().clone());
+    let shorter = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
+    if now.epochs < was.epochs || shorter(was.steps, now.steps) {
+        bail!(
+            "--resume can extend a run's epochs or steps, not shorten them ({}: epochs {}, \
+             steps {:?})",
+            path.display(),
+            was.epochs,
+            was.steps
+        );
+    }
+    if !changed.is_empty() {
+        eprintln!(
+            "resuming with {} changed",
+            list(&changed.iter().collect::<Vec<_>>())
+        );
+    }
+    Ok(asked)
+}
+
+fn list(fields: &[&String]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The dotted names of the fields whose values differ between two configurations (a field
+/// absent on one side differs from any value on the other).
+pub fn differences<C: Serialize>(a: &C, b: &C) -> Result<Vec<String>> {
+    let a = toml::Table::try_from(a).context("serialising the configuration")?;
+    let b = toml::Table::try_from(b).context("serialising the configuration")?;
+    let mut out = Vec::new();
+    diff_tables("", &a, &b, &mut out);
+    out.sort();
+    Ok(out)
+}
+
+fn diff_tables(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let name = format!("{prefix}{k}");
+        match (a.get(k), b.get(k)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                diff_tables(&format!("{name}."), x, y, out)
+            }
+            (x, y) if x == y => {}
+            _ => out.push(name),
+        }
+    }
 }
 
 /// Where a run's folder is and whether it continues an earlier one.
@@ -567,18 +658,48 @@ mod tests {
         assert_eq!((cfg.width, cfg.train.epochs, cfg.train.lr), (7, 3, 0.5));
         assert_eq!(cfg.data.train.as_deref(), Some(Path::new("here")));
         save_toml(&dir.path().join("config.toml"), &cfg).unwrap();
-        // Resuming ignores the flags: the run goes on as it was started.
+        // Resuming with no flags, or the same ones: the run as it was started.
         let resume = RunArgs {
             resume: true,
             ..fresh
         };
+        let none = TrainArgs::default();
+        let again: Whole = resolve(&none, &resume, dir.path(), |_: &mut Whole| {}).unwrap();
+        assert_eq!(again, cfg);
+        let same: Whole = resolve(&args, &resume, dir.path(), |c: &mut Whole| {
+            data.apply(&mut c.data)
+        })
+        .unwrap();
+        assert_eq!(same, cfg);
+        // Flags that change the result are refused, each named.
         let other = TrainArgs {
             lr: Some(9.0),
             ..Default::default()
         };
-        let again: Whole =
-            resolve(&other, &resume, dir.path(), |c: &mut Whole| c.width = 1).unwrap();
-        assert_eq!(again, cfg);
+        let err = resolve(&other, &resume, dir.path(), |c: &mut Whole| c.width = 1).unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("`train.lr`, `width`"), "{err}");
+        // A longer budget and a patience are accepted, and used; a shorter one is not.
+        let longer = TrainArgs {
+            epochs: Some(5),
+            patience: Some(2),
+            ..Default::default()
+        };
+        let extended: Whole = resolve(&longer, &resume, dir.path(), |_: &mut Whole| {}).unwrap();
+        assert_eq!(
+            (extended.train.epochs, extended.train.patience),
+            (5, Some(2))
+        );
+        assert_eq!(
+            differences(&cfg, &extended).unwrap(),
+            ["train.epochs", "train.patience"]
+        );
+        let shorter = TrainArgs {
+            epochs: Some(2),
+            ..Default::default()
+        };
+        let err = resolve::<Whole>(&shorter, &resume, dir.path(), |_| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("not shorten"), "{err:#}");
         let err = resolve::<Whole>(&other, &resume, &dir.path().join("none"), |_| {}).unwrap_err();
         assert!(format!("{err:#}").contains("config.toml"), "{err:#}");
     }
