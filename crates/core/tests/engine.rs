@@ -57,6 +57,39 @@ fn snapshot(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
 }
 
 #[test]
+fn a_finished_run_resumed_with_a_longer_budget_goes_on_and_as_it_was_stays_done() {
+    let cfg = config(Freeze::Full);
+    let data = Images::new(8);
+    let dir = tempfile::tempdir().unwrap();
+    let task = Classify::new(Freeze::Full);
+    let done = fit(
+        &task,
+        &data,
+        None::<&Images>,
+        &cfg,
+        &cfg,
+        &options(dir.path()),
+    )
+    .unwrap();
+    assert_eq!(
+        (done.steps, done.finished),
+        (6, true),
+        "3 epochs of 2 steps"
+    );
+    let resume = RunOptions {
+        resume: true,
+        ..options(dir.path())
+    };
+    // As it was: nothing more to do.
+    let same = fit(&task, &data, None::<&Images>, &cfg, &cfg, &resume).unwrap();
+    assert_eq!(same.steps, 6);
+    // Two more epochs asked for: it trains them.
+    let longer = TrainConfig { epochs: 5, ..cfg };
+    let more = fit(&task, &data, None::<&Images>, &longer, &longer, &resume).unwrap();
+    assert_eq!((more.steps, more.finished), (10, true));
+}
+
+#[test]
 fn a_run_saving_every_few_steps_instead_of_every_epoch_still_resumes_exactly() {
     // Three examples in batches of four: every epoch is one step, the case the step interval
     // is for (a small data set whose epoch-end checkpoints would cost more than its steps).

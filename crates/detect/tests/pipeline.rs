@@ -313,12 +313,7 @@ fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
         format!("{} 0\n", owner.id()),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
-        .args(["train", "--epochs", "1", "--backbone", &tiny_backbone()])
-        .args(["--size", "64", "--name", "shared", "--runs-dir"])
-        .arg(runs.path())
-        .arg("--data")
-        .arg(&ann)
+    let out = train_command(&ann, runs.path(), "shared", "1")
         .output()
         .unwrap();
     owner.kill().unwrap();
@@ -336,6 +331,84 @@ fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
         "the second run wrote into the folder"
     );
     assert!(!run_dir.join("config.toml").exists());
+}
+
+/// The `detect train` command on the rectangles set with the tiny backbone, into `runs/NAME`.
+fn train_command(ann: &Path, runs: &Path, name: &str, epochs: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_detect"));
+    cmd.args(["train", "--epochs", epochs, "--backbone", &tiny_backbone()])
+        .args(["--size", "64", "--name", name, "--runs-dir"])
+        .arg(runs)
+        .arg("--data")
+        .arg(ann);
+    cmd
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable() {
+    use std::os::unix::process::CommandExt;
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let runs = tempfile::tempdir().unwrap();
+    let out = train_command(&ann, runs.path(), "disk", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = runs.path().join("detect").join("disk");
+    let last = downstream_core::train::checkpoint::last_path(&dir);
+    let before = downstream_core::train::checkpoint::load(&last, &candle_core::Device::Cpu)
+        .unwrap()
+        .state;
+
+    // Resumed for two more epochs where no file may grow past half a checkpoint, as on a
+    // disk that fills up: the next checkpoint cannot be written.
+    let limit = std::fs::metadata(&last).unwrap().len() / 2;
+    let mut resumed = train_command(&ann, runs.path(), "disk", "3");
+    resumed.arg("--resume");
+    // SAFETY: setrlimit and signal are async-signal-safe; they change only the child.
+    unsafe {
+        resumed.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            // Without this the kernel kills the writer (SIGXFSZ) instead of failing the write.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = resumed.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the run went on without its checkpoint"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(".safetensors") && err.contains("writing") && !err.contains("panicked"),
+        "{err}"
+    );
+    // What was there is intact: the checkpoint loads as it was, the log parses, and no
+    // temporary file is left behind.
+    let after = downstream_core::train::checkpoint::load(&last, &candle_core::Device::Cpu)
+        .unwrap()
+        .state;
+    assert_eq!(before, after);
+    let log = dir.join(downstream_core::train::metrics_log::METRICS_FILE);
+    assert!(!downstream_core::train::metrics_log::read_records(&log)
+        .unwrap()
+        .is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

@@ -297,7 +297,14 @@ where
         }
         ck.restore_params(params)?;
         optimizer.load_state(&ck.tensors, ck.state.step)?;
-        ck.state
+        let mut state = ck.state;
+        // A finished run resumed with a longer budget (or, if it stopped early, a larger
+        // patience) goes on; resumed as it was, it stays finished.
+        let stopped = cfg.patience.is_some_and(|p| state.evals_since_best >= p);
+        if state.finished && state.step < total_steps && state.epoch < epochs && !stopped {
+            state.finished = false;
+        }
+        state
     } else {
         TrainState {
             step: 0,
