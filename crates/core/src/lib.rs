@@ -2,6 +2,8 @@
 //! reference implementation, and train for real.
 
 pub mod backbone;
+#[cfg(feature = "faults")]
+pub mod faults;
 pub mod grad;
 pub mod hash;
 pub mod memory;

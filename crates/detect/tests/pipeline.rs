@@ -412,6 +412,33 @@ fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable
 }
 
 #[test]
+fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 12, 64, 64);
+    // Full fine-tuning (backbone moments in the checkpoint), a checkpoint after every step and
+    // an evaluation every other one, so that kills also land in writes and evaluations.
+    let command = |runs: &Path, name: &str| {
+        let mut cmd = train_command(&ann, runs, name, "6");
+        cmd.args(["--mode", "full", "--batch", "4"]).args([
+            "--checkpoint-every",
+            "1",
+            "--eval-every-steps",
+            "2",
+        ]);
+        cmd
+    };
+    for seed in [11, 12] {
+        let drill = downstream_core::faults::Drill {
+            task: "detect",
+            command: &command,
+            kills: 5,
+            seed,
+        };
+        downstream_core::faults::drill(&drill).unwrap();
+    }
+}
+
+#[test]
 fn the_eval_and_predict_commands_use_a_trained_run() {
     let data = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 8, 64, 64);

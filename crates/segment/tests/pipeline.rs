@@ -413,3 +413,35 @@ fn an_ade20k_layout_reads_its_splits_and_reduces_the_zero_label() {
     assert_eq!(train.rules.class_of(0), None);
     assert_eq!(train.rules.class_of(3), Some(2));
 }
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = discs(&tmp.path().join("data"), 12, 48, 48);
+    // Full fine-tuning, a checkpoint after every step and an evaluation every other one, so
+    // that kills also land in writes and evaluations.
+    let mut cfg = config(root, Freeze::Full);
+    cfg.train.epochs = 6;
+    cfg.train.checkpoint_every = Some(1);
+    cfg.train.eval_every_steps = Some(2);
+    let file = tmp.path().join("drill.toml");
+    downstream_core::train::config::save_toml(&file, &cfg).unwrap();
+    let command = |runs: &Path, name: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_segment"));
+        cmd.args(["train", "--config"])
+            .arg(&file)
+            .arg("--runs-dir")
+            .arg(runs)
+            .args(["--name", name]);
+        cmd
+    };
+    for seed in [21, 22] {
+        let drill = downstream_core::faults::Drill {
+            task: "segment",
+            command: &command,
+            kills: 5,
+            seed,
+        };
+        downstream_core::faults::drill(&drill).unwrap();
+    }
+}

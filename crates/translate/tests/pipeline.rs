@@ -285,3 +285,37 @@ fn bad_input_stops_with_the_file_and_line_and_leaves_no_run_folder() {
     assert!(err.contains("a.de:2") && err.contains("UTF-8"), "{err}");
     assert!(!runs.join("translate").exists());
 }
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let encoder = tiny_encoder(tmp.path());
+    let tsv = tmp.path().join("pairs.tsv");
+    write_tsv(&tsv, &corpus(160)).unwrap();
+    // Full fine-tuning with dropout, a checkpoint after every step and an evaluation every
+    // other one, so that kills also land in writes and evaluations.
+    let mut cfg = config(&encoder, tsv, Freeze::Full);
+    cfg.train.epochs = 5;
+    cfg.train.checkpoint_every = Some(1);
+    cfg.train.eval_every_steps = Some(2);
+    let file = tmp.path().join("drill.toml");
+    downstream_core::train::config::save_toml(&file, &cfg).unwrap();
+    let command = |runs: &Path, name: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_translate"));
+        cmd.args(["train", "--config"])
+            .arg(&file)
+            .arg("--runs-dir")
+            .arg(runs)
+            .args(["--name", name]);
+        cmd
+    };
+    for seed in [31, 32] {
+        let drill = downstream_core::faults::Drill {
+            task: "translate",
+            command: &command,
+            kills: 5,
+            seed,
+        };
+        downstream_core::faults::drill(&drill).unwrap();
+    }
+}

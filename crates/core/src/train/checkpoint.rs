@@ -35,6 +35,13 @@ pub struct TrainState {
     pub evals_since_best: usize,
     /// Whether the run has ended (finished or stopped early).
     pub finished: bool,
+    /// The step of the last evaluation the state includes.
+    #[serde(default)]
+    pub last_eval_step: Option<u64>,
+    /// Records in `metrics.jsonl` when the checkpoint was saved: what a resumed run keeps.
+    /// (Absent in checkpoints from before it was kept.)
+    #[serde(default)]
+    pub log_records: Option<u64>,
 }
 
 const STATE_KEY: &str = "downstream.state";
@@ -291,6 +298,8 @@ mod tests {
             best_step: Some(10),
             evals_since_best: 1,
             finished: false,
+            last_eval_step: Some(10),
+            log_records: Some(15),
         };
         let config = serde_json::json!({"lr": 0.001});
         save_weights(&path, &store(&["a", "b"], 2.0), &state, &config).unwrap();
@@ -343,6 +352,8 @@ mod tests {
             best_step: None,
             evals_since_best: 0,
             finished: true,
+            last_eval_step: None,
+            log_records: None,
         };
         save_weights(
             &path,

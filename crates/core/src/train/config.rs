@@ -53,8 +53,9 @@ pub struct TrainConfig {
     pub val_loss: bool,
     /// Stop after this many evaluations without improvement.
     pub patience: Option<usize>,
-    /// Save the last checkpoint every this many steps instead of at every epoch's end (and
-    /// always when the run ends): for data sets whose epochs are a few steps long.
+    /// Save the last checkpoint every this many steps instead of at every epoch's end (an
+    /// epoch's end is still saved when it evaluated, and the run's end always): for data sets
+    /// whose epochs are a few steps long.
     pub checkpoint_every: Option<u64>,
     pub feature_cache: CacheKind,
     /// Batch examples of similar length together where the data set knows lengths (text), so

@@ -1,6 +1,9 @@
 //! `metrics.jsonl`: one JSON line per training step and per evaluation, appended and flushed
 //! as the run goes, so that it survives a kill; a resumed run first drops what the killed one
-//! logged after its last checkpoint, so each step appears once.
+//! logged after its last checkpoint, so each step and evaluation appears once. A checkpoint
+//! records how many records the log held when it was saved, and the log is cut back to
+//! exactly that many (an evaluation logged after a checkpoint of the same step belongs to the
+//! lost part); checkpoints from before that count fall back to dropping later steps.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -72,6 +75,15 @@ impl Record {
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    records: u64,
+}
+
+/// Where a resumed run's log continues: the checkpoint's step, and how many records the log
+/// held when the checkpoint was saved (unknown for older checkpoints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeAt {
+    pub step: u64,
+    pub records: Option<u64>,
 }
 
 impl MetricsLog {
@@ -79,18 +91,42 @@ impl MetricsLog {
     /// `Some(s)`: a resumed run; records with step > s (logged by the killed run after its last
     /// checkpoint) are dropped by rewriting the file atomically, then appending continues.
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+        Self::open_at(
+            run_dir,
+            resume_step.map(|step| ResumeAt {
+                step,
+                records: None,
+            }),
+        )
+    }
+
+    /// As [`Self::open`], cutting a resumed log back to the checkpoint's record count where
+    /// it is known.
+    pub fn open_at(run_dir: &Path, resume: Option<ResumeAt>) -> Result<Self> {
         fs::create_dir_all(run_dir)
             .with_context(|| format!("creating run directory {}", run_dir.display()))?;
         let path = run_dir.join(METRICS_FILE);
-        let file = match resume_step {
-            None => File::create(&path),
-            Some(step) => {
-                drop_records_after(&path, step)?;
-                OpenOptions::new().create(true).append(true).open(&path)
+        let (file, records) = match resume {
+            None => (File::create(&path), 0),
+            Some(at) => {
+                let kept = keep_records(&path, at)?;
+                (
+                    OpenOptions::new().create(true).append(true).open(&path),
+                    kept,
+                )
             }
-        }
-        .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { path, file })
+        };
+        let file = file.with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self {
+            path,
+            file,
+            records,
+        })
+    }
+
+    /// Records in the log: what a checkpoint saved now would cover.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Appends one record and flushes it.
@@ -101,39 +137,57 @@ impl MetricsLog {
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .with_context(|| format!("appending to {}", self.path.display()))
+            .with_context(|| format!("appending to {}", self.path.display()))?;
+        self.records += 1;
+        Ok(())
     }
 }
 
-fn drop_records_after(path: &Path, last_kept: u64) -> Result<()> {
+/// Cuts the log back to what the checkpoint `at` covers; returns how many records remain.
+fn keep_records(path: &Path, at: ResumeAt) -> Result<u64> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let lines: Vec<&str> = text.lines().collect();
     let mut kept = String::with_capacity(text.len());
+    let mut count = 0u64;
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<Record>(line) {
-            Ok(rec) if rec.step() <= last_kept => {
-                kept.push_str(line);
-                kept.push('\n');
+            Ok(rec) => {
+                let covered = match at.records {
+                    Some(n) => count < n,
+                    None => rec.step() <= at.step,
+                };
+                if covered {
+                    kept.push_str(line);
+                    kept.push('\n');
+                    count += 1;
+                }
             }
-            Ok(_) => {}
             // A kill mid-write can only tear the final, unterminated line; anything else is
             // corruption that silently dropping would hide.
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
             Err(e) => bail!("{} line {}: malformed record: {e}", path.display(), i + 1),
         }
     }
-    if kept == text {
-        return Ok(());
+    if let Some(n) = at.records {
+        anyhow::ensure!(
+            count == n,
+            "{}: the checkpoint of step {} covers {n} records, the log has only {count}",
+            path.display(),
+            at.step
+        );
     }
-    // Rewriting in place could lose the whole history if this process dies mid-write.
-    crate::atomic::write(path, kept.as_bytes())
+    if kept != text {
+        // Rewriting in place could lose the whole history if this process dies mid-write.
+        crate::atomic::write(path, kept.as_bytes())?;
+    }
+    Ok(count)
 }
 
 /// Reads all records of a metrics.jsonl (errors name the file and line number on malformed lines).
@@ -247,6 +301,47 @@ mod tests {
             }
             other => panic!("unexpected records {other:?}"),
         }
+    }
+
+    #[test]
+    fn resume_keeps_exactly_the_records_the_checkpoint_saw() {
+        // Saved after step 5, before that step's evaluation was logged, then killed mid-line:
+        // the evaluation at the checkpoint's own step is not the checkpoint's, and a step rule
+        // alone would keep it, to be logged a second time by the resumed run.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(METRICS_FILE);
+        let saved_at;
+        {
+            let mut p = MetricsLog::open(dir.path(), None).unwrap();
+            for s in 1..=5 {
+                p.append(&Record::Step(step(s, 0, 1.0))).unwrap();
+            }
+            saved_at = p.records();
+            p.append(&Record::Eval(eval(5, 0, 0.5, 1.0))).unwrap();
+            p.append(&Record::Step(step(6, 0, 1.0))).unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"kind\":\"st")
+            .unwrap();
+        assert_eq!(saved_at, 5);
+        let at = ResumeAt {
+            step: 5,
+            records: Some(saved_at),
+        };
+        let p = MetricsLog::open_at(dir.path(), Some(at)).unwrap();
+        assert_eq!(p.records(), 5);
+        assert_eq!(steps_of(&read_records(&path).unwrap()).len(), 5);
+        drop(p);
+        // A checkpoint claiming more records than the log holds: the log was damaged.
+        let more = ResumeAt {
+            step: 5,
+            records: Some(9),
+        };
+        let err = MetricsLog::open_at(dir.path(), Some(more)).err().unwrap();
+        assert!(format!("{err:#}").contains("covers 9 records"), "{err:#}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::metrics_log::{EvalRecord, MetricsLog, Record, StepRecord};
+use super::metrics_log::{EvalRecord, MetricsLog, Record, ResumeAt, StepRecord};
 
 pub struct Progress {
     log: MetricsLog,
@@ -20,17 +20,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Opens the run's metrics log (see [`MetricsLog::open`]); `show_bar` draws bars on stderr
-    /// when it is a terminal.
-    pub fn new(run_dir: &Path, resume_step: Option<u64>, show_bar: bool) -> Result<Self> {
+    /// Opens the run's metrics log (see [`MetricsLog::open_at`]); `show_bar` draws bars on
+    /// stderr when it is a terminal.
+    pub fn new(run_dir: &Path, resume: Option<ResumeAt>, show_bar: bool) -> Result<Self> {
         Ok(Self {
-            log: MetricsLog::open(run_dir, resume_step)?,
+            log: MetricsLog::open_at(run_dir, resume)?,
             // Bar escape codes in a log file are noise, so a redirected stderr gets plain lines.
             show_bar: show_bar && std::io::stderr().is_terminal(),
             bar: None,
             epoch: None,
             last_step: None,
         })
+    }
+
+    /// Records logged so far (those a checkpoint saved now covers).
+    pub fn records(&self) -> u64 {
+        self.log.records()
     }
 
     /// A bar for epoch `epoch` (0-based; displayed as epoch+1/epochs) of `steps` optimizer steps, `done` of which are already done (resume mid-epoch).

@@ -15,7 +15,7 @@ use super::config::{save_toml, TrainConfig};
 use super::data::{prefetched, Dataset, Subset};
 use super::feature_cache::{features_for, CacheKind, FeatureCache, Key};
 use super::inference::evaluate;
-use super::metrics_log::{EvalRecord, StepRecord};
+use super::metrics_log::{EvalRecord, ResumeAt, StepRecord};
 use super::optimizer::{AdamW, Grads};
 use super::plot::plot_run;
 use super::progress::Progress;
@@ -162,16 +162,21 @@ struct Run<'a, T: Task> {
     state: TrainState,
     progress: Progress,
     last_metrics: Option<Metrics>,
-    last_eval_step: Option<u64>,
 }
 
 impl<T: Task> Run<'_, T> {
     fn save_last(&self) -> Result<()> {
+        // With the log's length, so that a resumed run keeps exactly the records this state
+        // has seen (an evaluation logged after this save belongs to the part a kill loses).
+        let state = TrainState {
+            log_records: Some(self.progress.records()),
+            ..self.state.clone()
+        };
         checkpoint::save(
             &self.options.last_checkpoint(),
             self.task.params(),
             &self.optimizer,
-            &self.state,
+            &state,
             &self.config_json,
         )
     }
@@ -183,7 +188,7 @@ impl<T: Task> Run<'_, T> {
     {
         let task = self.task;
         let metrics = evaluate(task, &val.data, val.batch, Some(&val.cache), val.with_loss)?;
-        self.last_eval_step = Some(self.state.step);
+        self.state.last_eval_step = Some(self.state.step);
         let main = *metrics
             .get(task.main_metric())
             .with_context(|| format!("the task reported no `{}` metric", task.main_metric()))?;
@@ -315,14 +320,22 @@ where
             best_step: None,
             evals_since_best: 0,
             finished: false,
+            last_eval_step: None,
+            log_records: None,
         }
     };
     save_toml(&dir.join("config.toml"), resolved)?;
-    let progress = Progress::new(
-        dir,
-        options.resume.then_some(state.step),
-        options.show_progress,
-    )?;
+    let resume_at = options.resume.then_some(ResumeAt {
+        step: state.step,
+        records: state.log_records,
+    });
+    // Only the last checkpoint carries the count (set as it is saved): the state in memory,
+    // and the best checkpoint written from it, must not keep a stale one.
+    let state = TrainState {
+        log_records: None,
+        ..state
+    };
+    let progress = Progress::new(dir, resume_at, options.show_progress)?;
 
     // Only a frozen backbone's features can be reused; an `Off` cache still counts the
     // backbone passes for the report.
@@ -354,7 +367,6 @@ where
         state,
         progress,
         last_metrics: None,
-        last_eval_step: None,
     };
     let mut steps_this_run = 0u64;
     let mut stopped_early = false;
@@ -418,12 +430,8 @@ where
                 samples_per_s: loaded.keys.len() as f64 / secs,
                 grad_norm,
             })?;
-            if cfg
-                .checkpoint_every
-                .is_some_and(|k| run.state.step.is_multiple_of(k))
-            {
-                run.save_last()?;
-            }
+            // Evaluated before the save of the same step, so that the checkpoint includes
+            // what the evaluation changed (best metric, patience).
             if let Some(val) = &validation {
                 if cfg
                     .eval_every_steps
@@ -434,6 +442,12 @@ where
                         bail!(Halt::Stopped);
                     }
                 }
+            }
+            if cfg
+                .checkpoint_every
+                .is_some_and(|k| run.state.step.is_multiple_of(k))
+            {
+                run.save_last()?;
             }
             if options.stop_after.is_some_and(|n| steps_this_run >= n) {
                 run.save_last()?;
@@ -456,8 +470,10 @@ where
         run.state.batch = 0;
         let last_epoch = run.state.epoch == epochs || run.state.step >= total_steps;
         let due = run.state.epoch.is_multiple_of(cfg.eval_every) || last_epoch;
-        let already = run.last_eval_step == Some(run.state.step);
+        let already = run.state.last_eval_step == Some(run.state.step);
+        let mut evaluated = false;
         if let Some(val) = validation.as_ref().filter(|_| due && !already) {
+            evaluated = true;
             if let Verdict::Stop = run.evaluate(val)? {
                 stopped_early = true;
             }
@@ -465,9 +481,10 @@ where
         if last_epoch {
             run.state.finished = true;
         }
-        // With a step interval the epochs' ends are not saved: on a small data set an epoch is
-        // a step or two, and a full-mode checkpoint (weights and moments) costs more than one.
-        if cfg.checkpoint_every.is_none() || run.state.finished || stopped_early {
+        // With a step interval an epoch's end is saved only when it evaluated (or the run
+        // ends): on a small data set an epoch is a step or two, and a full-mode checkpoint
+        // (weights and moments) costs more than one.
+        if cfg.checkpoint_every.is_none() || evaluated || run.state.finished || stopped_early {
             run.save_last()?;
         }
     }
