@@ -1,6 +1,6 @@
 //! Image files in and out: reading any format the `image` crate knows by its content (a
-//! mislabelled extension still loads), errors that name the file, PNGs written atomically, and
-//! the image files named on a command line.
+//! mislabelled extension still loads), with a cap on the size a header may claim, errors that
+//! name the file, PNGs written atomically, and the image files named on a command line.
 
 use std::path::{Path, PathBuf};
 
@@ -11,13 +11,53 @@ use image::{DynamicImage, ImageEncoder, ImageReader, RgbImage};
 /// Extensions taken as images when a folder is listed.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
-/// Decodes `path`, whatever its extension says.
+/// The longest image side decoded, in pixels, unless `DOWNSTREAM_MAX_IMAGE_SIDE` says
+/// otherwise: a header claiming more (a decompression bomb, a damaged file) is refused before
+/// any memory is spent on its pixels. Aerial tiles and scans of this size still load.
+pub const DEFAULT_MAX_SIDE: u32 = 20_000;
+
+/// The environment variable that raises (or lowers) [`DEFAULT_MAX_SIDE`].
+pub const MAX_SIDE_VAR: &str = "DOWNSTREAM_MAX_IMAGE_SIDE";
+
+fn max_side() -> u32 {
+    std::env::var(MAX_SIDE_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_SIDE)
+}
+
+/// An error if the image at `path` claims more than the cap on either side; the cap.
+pub(crate) fn check_side(path: &Path, w: u32, h: u32) -> Result<u32> {
+    let side = max_side();
+    if w > side || h > side {
+        bail!(
+            "{}: the image claims {w} x {h} pixels, more than the {side} a side this program \
+             decodes (set {MAX_SIDE_VAR} to allow larger images)",
+            path.display()
+        );
+    }
+    Ok(side)
+}
+
+/// Decodes `path`, whatever its extension says; an image larger than [`max_side`] on either
+/// side is an error naming its size and the setting that allows it.
 pub fn open(path: &Path) -> Result<DynamicImage> {
-    ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
+    let context = || format!("reading image {}", path.display());
+    let reader = || -> Result<_> { Ok(ImageReader::open(path)?.with_guessed_format()?) };
+    let (w, h) = reader()
+        .and_then(|r| Ok(r.into_dimensions()?))
+        .with_context(context)?;
+    let side = check_side(path, w, h)?;
+    let mut r = reader().with_context(context)?;
+    // The decoder's own allocation cap, for what the header does not tell (16-bit RGBA).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(u64::from(side) * u64::from(side) * 8);
+    r.limits(limits);
+    r.decode()
         .map_err(anyhow::Error::from)
-        .and_then(|r| Ok(r.decode()?))
-        .with_context(|| format!("reading image {}", path.display()))
+        .with_context(context)
 }
 
 /// [`open`] as 8-bit RGB.
@@ -69,9 +109,59 @@ pub fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A PNG whose header claims `w x h` pixels (RGB, or palette indices), with one tiny data
+/// chunk: what a decompression bomb or a damaged header looks like to a decoder.
+#[cfg(test)]
+pub(crate) fn claimed_png(w: u32, h: u32, indexed: bool) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.finalize().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, if indexed { 3 } else { 2 }, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    if indexed {
+        chunk(&mut out, b"PLTE", &[0, 0, 0, 255, 255, 255]);
+    }
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_claiming_an_absurd_size_is_refused_before_its_pixels_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let bomb = dir.path().join("bomb.png");
+        std::fs::write(&bomb, claimed_png(100_000, 100_000, false)).unwrap();
+        let err = format!("{:#}", open(&bomb).unwrap_err());
+        assert!(
+            err.contains("bomb.png") && err.contains("100000 x 100000"),
+            "{err}"
+        );
+        assert!(err.contains(MAX_SIDE_VAR), "{err}");
+        // A size within the cap gets to the decoder, which finds the data short: an error too,
+        // not a panic or an allocation of the claimed size.
+        let short = dir.path().join("short.png");
+        std::fs::write(&short, claimed_png(30, 20, false)).unwrap();
+        let err = format!("{:#}", open(&short).unwrap_err());
+        assert!(err.contains("short.png"), "{err}");
+    }
 
     #[test]
     fn folders_list_their_images_sorted_and_bad_names_are_errors() {

@@ -64,6 +64,7 @@ fn open_indexed_png(path: &Path) -> Result<Option<StoredMask>> {
         return Ok(None);
     }
     let (w, h) = (info.width, info.height);
+    super::io::check_side(path, w, h)?;
     let depth = info.bit_depth as u8;
     let palette: Vec<[u8; 3]> = info
         .palette
@@ -115,6 +116,18 @@ pub fn save_mask(path: &Path, labels: &GrayImage, palette: Option<&[[u8; 3]]>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mask_claiming_a_poster_size_is_refused_before_its_pixels_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, indexed) in [("palette.png", true), ("grey.png", false)] {
+            let path = dir.path().join(name);
+            let png = crate::vision::io::claimed_png(60_000, 80_000, indexed);
+            std::fs::write(&path, png).unwrap();
+            let err = format!("{:#}", open_mask(&path).err().expect("a bomb loaded"));
+            assert!(err.contains(name) && err.contains("60000 x 80000"), "{err}");
+        }
+    }
 
     #[test]
     fn grey_and_palette_masks_round_trip_by_label() {
