@@ -632,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_run_takes_file_and_flags_a_resumed_one_its_saved_configuration() {
+    fn a_new_run_takes_file_and_flags_a_resumed_one_refuses_changes_to_its_result() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("given.toml");
         std::fs::write(&file, "width = 7\n[train]\nepochs = 3\n").unwrap();
