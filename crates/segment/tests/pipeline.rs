@@ -445,3 +445,22 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
         downstream_core::faults::drill(&drill).unwrap();
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_listed_file_linking_outside_the_data_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = discs(&tmp.path().join("data"), 3, 32, 32);
+    let outside = tmp.path().join("elsewhere.png");
+    std::fs::copy(root.join("images/s000.png"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("images/s900.png")).unwrap();
+    std::fs::copy(root.join("masks/s000.png"), root.join("masks/s900.png")).unwrap();
+    let err = format!(
+        "{:#}",
+        layout::read(&root, Split::Train).err().expect("read")
+    );
+    assert!(
+        err.contains("s900.png") && err.contains("leaves the data folder"),
+        "{err}"
+    );
+}

@@ -78,6 +78,24 @@ pub fn save_png(path: &Path, image: &DynamicImage) -> Result<()> {
     })
 }
 
+/// Refuses a data file that lies outside its data folder `root`, itself or through a
+/// symbolic link: a data set names its own files, and one that reaches elsewhere on the
+/// machine is a mistake or an attack. A missing file is left to the reader to report.
+pub fn check_inside(root: &Path, file: &Path) -> Result<()> {
+    let (Ok(root_real), Ok(real)) = (root.canonicalize(), file.canonicalize()) else {
+        return Ok(());
+    };
+    if !real.starts_with(&root_real) {
+        bail!(
+            "{} leaves the data folder {} (it resolves to {})",
+            file.display(),
+            root.display(),
+            real.display()
+        );
+    }
+    Ok(())
+}
+
 fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
@@ -143,6 +161,29 @@ pub(crate) fn claimed_png(w: u32, h: u32, indexed: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_data_file_reaching_outside_its_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::write(dir.path().join("secret.png"), b"x").unwrap();
+        std::fs::write(root.join("images/a.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret.png"), root.join("images/b.png"))
+            .unwrap();
+        std::os::unix::fs::symlink(root.join("images/a.png"), root.join("images/c.png")).unwrap();
+        check_inside(&root, &root.join("images/a.png")).unwrap();
+        // A link that stays inside the folder is fine.
+        check_inside(&root, &root.join("images/c.png")).unwrap();
+        let err = check_inside(&root, &root.join("images/b.png")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("leaves the data folder"),
+            "{err:#}"
+        );
+        let err = check_inside(&root, &root.join("../secret.png")).unwrap_err();
+        assert!(format!("{err:#}").contains("secret.png"), "{err:#}");
+    }
 
     #[test]
     fn an_image_claiming_an_absurd_size_is_refused_before_its_pixels_are_read() {

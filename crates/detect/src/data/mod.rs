@@ -143,6 +143,8 @@ impl DetectionSet {
                 .par_iter_mut()
                 .try_for_each(|im| -> Result<()> {
                     let path = self.root.join(&im.file_name);
+                    downstream_core::vision::io::check_inside(&self.root, &path)
+                        .with_context(|| format!("{src}: image id {}", im.id))?;
                     let (w, h) = image::image_dimensions(&path).with_context(|| {
                         format!(
                             "{src}: image id {} ({}) is missing or unreadable",

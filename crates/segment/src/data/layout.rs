@@ -1,10 +1,11 @@
-//! The folder layouts a data set may come in, and the pairs each one holds for a split.
+//! The folder layouts a data set may come in, and the pairs each one holds for a split. A
+//! listed file that reaches outside the data set's folder (a symbolic link elsewhere) is refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use downstream_core::vision::io::IMAGE_EXTENSIONS;
+use downstream_core::vision::io::{check_inside, IMAGE_EXTENSIONS};
 
 use super::{Found, Pair};
 
@@ -58,7 +59,7 @@ pub fn voc_palette() -> Vec<[u8; 3]> {
 }
 
 /// Files of a folder by stem, for the image extensions (or PNG masks).
-fn by_stem(dir: &Path, masks: bool) -> Result<BTreeMap<String, PathBuf>> {
+fn by_stem(dir: &Path, masks: bool, root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
@@ -74,6 +75,7 @@ fn by_stem(dir: &Path, masks: bool) -> Result<BTreeMap<String, PathBuf>> {
         if !wanted {
             continue;
         }
+        check_inside(root, &path)?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -91,9 +93,14 @@ fn by_stem(dir: &Path, masks: bool) -> Result<BTreeMap<String, PathBuf>> {
 
 /// Every image of `images` with the mask of the same stem in `masks`; `names`, if given,
 /// restricts and orders the pairs.
-fn pair_up(images: &Path, masks: &Path, names: Option<Vec<String>>) -> Result<Vec<Pair>> {
-    let mut imgs = by_stem(images, false)?;
-    let mut msks = by_stem(masks, true)?;
+fn pair_up(
+    root: &Path,
+    images: &Path,
+    masks: &Path,
+    names: Option<Vec<String>>,
+) -> Result<Vec<Pair>> {
+    let mut imgs = by_stem(images, false, root)?;
+    let mut msks = by_stem(masks, true, root)?;
     let names = match names {
         Some(n) => n,
         None => {
@@ -166,6 +173,7 @@ pub fn read(dir: &Path, split: Split) -> Result<Found> {
         let names = text.split_whitespace().map(String::from).collect();
         return Ok(Found {
             pairs: pair_up(
+                dir,
                 &dir.join("JPEGImages"),
                 &dir.join("SegmentationClass"),
                 Some(names),
@@ -182,6 +190,7 @@ pub fn read(dir: &Path, split: Split) -> Result<Found> {
         };
         return Ok(Found {
             pairs: pair_up(
+                dir,
                 &dir.join("images").join(sub),
                 &dir.join("annotations").join(sub),
                 None,
@@ -193,7 +202,7 @@ pub fn read(dir: &Path, split: Split) -> Result<Found> {
     }
     if dir.join("images").is_dir() && dir.join("masks").is_dir() {
         return Ok(Found {
-            pairs: pair_up(&dir.join("images"), &dir.join("masks"), None)?,
+            pairs: pair_up(dir, &dir.join("images"), &dir.join("masks"), None)?,
             classes: class_names(dir)?,
             palette: None,
             reduce_zero_label: false,
