@@ -353,7 +353,13 @@ fn draw_chart(
     if !empty {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            // A study's lines rise to the right (more data, better scores): the legend goes
+            // where they start low.
+            .position(if axes.log_x {
+                SeriesLabelPosition::UpperLeft
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .label_font(("sans-serif", 14))

@@ -41,6 +41,10 @@ pub struct TransferArgs {
     /// long study run from a copy, while the working tree changes).
     #[arg(long)]
     no_build: bool,
+    /// Run nothing: write the report, charts and dated copy from the cells finished so far
+    /// (`complete: false` if some are missing).
+    #[arg(long)]
+    report_only: bool,
 }
 
 pub fn run(args: TransferArgs, repo: &Path) -> Result<()> {
@@ -78,7 +82,7 @@ pub fn run(args: TransferArgs, repo: &Path) -> Result<()> {
     });
     std::fs::create_dir_all(&study_dir)
         .with_context(|| format!("creating {}", study_dir.display()))?;
-    let bin_dir = if args.no_build {
+    let bin_dir = if args.no_build || args.report_only {
         let exe = std::env::current_exe()?;
         exe.parent().expect("in a folder").to_path_buf()
     } else {
@@ -97,7 +101,11 @@ pub fn run(args: TransferArgs, repo: &Path) -> Result<()> {
     for (i, c) in cells.iter().enumerate() {
         let plan = plans.iter().find(|p| p.task == c.task).expect("planned");
         let paths = cell::Paths::of(&study_dir, c);
-        let before = cell::finished(&paths)?.is_some();
+        let earlier = cell::finished(&paths)?;
+        let before = earlier.is_some();
+        if args.report_only && !before {
+            continue;
+        }
         eprint!(
             "transfer [{}/{}] {} {} ... ",
             i + 1,
@@ -105,7 +113,10 @@ pub fn run(args: TransferArgs, repo: &Path) -> Result<()> {
             c.task,
             c.name()
         );
-        let done = cell::run(&bin_dir.join(c.task), repo, plan, c, &paths)?;
+        let done = match earlier {
+            Some(done) => done,
+            None => cell::run(&bin_dir.join(c.task), repo, plan, c, &paths)?,
+        };
         let main = plan.metrics[0];
         eprintln!(
             "{} {:.3}{} ({:.0} s)",
@@ -130,7 +141,12 @@ pub fn run(args: TransferArgs, repo: &Path) -> Result<()> {
         // Written after every cell, so that a long study can be read while it runs.
         write(&study, &plans, &inits, &out, false)?;
     }
-    study.complete = true;
+    let finished = study
+        .transfer
+        .iter()
+        .map(|r| (&r.task, r.train_size, &r.init, r.seed));
+    study.complete =
+        finished.collect::<std::collections::HashSet<_>>().len() == study.cells_planned;
     let table = write(&study, &plans, &inits, &out, true)?;
     println!("\n{table}");
     println!("written: {}", out.join("transfer.json").display());
