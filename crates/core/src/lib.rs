@@ -2,7 +2,7 @@
 //! reference implementation, and train for real.
 
 pub mod backbone;
-#[cfg(feature = "faults")]
+#[cfg(any(test, feature = "faults"))]
 pub mod faults;
 pub mod grad;
 pub mod hash;

@@ -402,3 +402,32 @@ impl WeightFile {
         self.tensors.contains_key(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn hostile_weight_files_load_or_fail_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = ParamStore::new();
+        for (name, n) in [("embeddings.weight", 12), ("encoder.layer.0.bias", 4)] {
+            let t = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap();
+            store
+                .insert(name, t.to_dtype(DType::F32).unwrap(), 0, true)
+                .unwrap();
+        }
+        let path = dir.path().join("model.safetensors");
+        store.save(&path).unwrap();
+        let valid = std::fs::read(&path).unwrap();
+        crate::faults::mutate::never_panics(
+            "weights",
+            "model.safetensors",
+            &valid,
+            61,
+            300,
+            |p: &Path| WeightFile::load(p, &["bert."], &Device::Cpu).map(|w| w.tensors.len()),
+        );
+    }
+}

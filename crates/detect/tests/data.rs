@@ -384,3 +384,39 @@ fn shipped_configs_parse_and_validate() {
         Some(Path::new(detect::data::deepforest::NAME))
     );
 }
+
+#[test]
+fn hostile_coco_and_voc_files_load_or_fail_never_panic() {
+    use downstream_core::faults::mutate::never_panics;
+    let dir = tempfile::tempdir().unwrap();
+    let anns = json!([
+        ann(1, 5, 17, [4.0, 5.0, 20.0, 10.0]),
+        ann(2, 9, 90, [30.0, 6.0, 12.5, 30.0]),
+    ]);
+    let valid = std::fs::read(coco_set(dir.path(), two_images(), anns)).unwrap();
+    let loaded = never_panics("coco", "gt.json", &valid, 41, 400, |p: &Path| {
+        coco::load_annotations(p)
+    });
+    assert!(
+        loaded > 0,
+        "no mutant loaded: the mutations never reach the validation"
+    );
+    never_panics("coco results", "dt.json", &valid, 42, 200, |p: &Path| {
+        coco::load_results(p)
+    });
+
+    let voc_dir = tempfile::tempdir().unwrap();
+    write_voc(
+        voc_dir.path(),
+        "a.xml",
+        "a.png",
+        &[
+            ("scratch", [4, 5, 30, 20], false),
+            ("dent", [10, 10, 40, 44], true),
+        ],
+    );
+    let valid = std::fs::read(voc_dir.path().join("a.xml")).unwrap();
+    never_panics("voc", "a.xml", &valid, 43, 400, |p: &Path| {
+        voc::load(p.parent().unwrap(), None)
+    });
+}

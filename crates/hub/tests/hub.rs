@@ -437,3 +437,31 @@ fn onnx_export_without_the_named_position_parts_is_an_error() {
     );
     assert!(err.contains("onnx::Missing"), "{err}");
 }
+
+#[test]
+fn hostile_onnx_files_convert_or_fail_never_panic() {
+    let valid = synthetic_export();
+    let settings = Dinov2Settings {
+        num_attention_heads: 2,
+        patch_size: 2,
+        layer_norm_eps: 1e-6,
+        position_cls: "onnx::Concat_1".into(),
+        position_grid: "onnx::Reshape_2".into(),
+    };
+    let converted = downstream_core::faults::mutate::never_panics(
+        "onnx",
+        "model.onnx",
+        &valid,
+        9,
+        300,
+        |p: &Path| -> anyhow::Result<usize> {
+            let bytes = std::fs::read(p)?;
+            onnx::backbone_tensors(&bytes, &[])?;
+            Ok(onnx::dinov2_from_onnx(&bytes, &settings)?.tensors.len())
+        },
+    );
+    assert!(
+        converted < 300,
+        "every mutant converted: the reader checks nothing"
+    );
+}

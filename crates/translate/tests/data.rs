@@ -87,3 +87,39 @@ fn bad_input_is_an_error_naming_the_file_and_line() {
     let missing = error(read_tsv(&d.join("nowhere.tsv")));
     assert!(missing.contains("nowhere.tsv"), "{missing}");
 }
+
+#[test]
+fn hostile_text_files_read_or_fail_never_panic() {
+    use downstream_core::faults::mutate::never_panics;
+    let valid = "the red cat .\tdie rote Katze .\nopen the file .\töffne die Datei .\r\n\
+                 ein Satz\tone sentence\n"
+        .as_bytes();
+    let read = never_panics("tsv", "pairs.tsv", valid, 51, 400, |p: &Path| read_tsv(p));
+    assert!(read > 0, "no mutant was readable");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("b.de");
+    std::fs::write(&target, "eins .\nzwei .\ndrei .\n").unwrap();
+    never_panics(
+        "aligned",
+        "a.en",
+        b"one .\ntwo .\nthree .\n",
+        52,
+        300,
+        |p: &Path| read_aligned(p, &target),
+    );
+}
+
+#[test]
+fn a_line_of_megabytes_is_refused_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.tsv");
+    let mut text = b"a short one .\tein kurzer .\n".to_vec();
+    text.extend(std::iter::repeat_n(b'x', 3 << 20));
+    text.extend(b"\tx\n");
+    std::fs::write(&path, text).unwrap();
+    let err = format!("{:#}", read_tsv(&path).unwrap_err());
+    assert!(
+        err.contains("huge.tsv:2") && err.contains("longer than"),
+        "{err}"
+    );
+}

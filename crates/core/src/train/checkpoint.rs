@@ -274,6 +274,42 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_checkpoints_load_or_fail_never_panic_and_a_huge_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let state = TrainState {
+            step: 3,
+            epoch: 0,
+            batch: 3,
+            seed: 1,
+            best_metric: None,
+            best_step: None,
+            evals_since_best: 0,
+            finished: false,
+            last_eval_step: None,
+            log_records: Some(3),
+        };
+        save_weights(&path, &store(&["w"], 1.5), &state, &serde_json::Value::Null).unwrap();
+        let valid = std::fs::read(&path).unwrap();
+        let loaded = crate::faults::mutate::never_panics(
+            "checkpoint",
+            "ck.safetensors",
+            &valid,
+            4,
+            300,
+            |p: &Path| load(p, &Device::Cpu),
+        );
+        // The checksum lets nothing changed through, bar whitespace in the header.
+        assert!(loaded < 30, "{loaded} damaged checkpoints loaded");
+        // A header that claims a terabyte: refused from its length, nothing allocated.
+        let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+        huge.extend_from_slice(&valid[8..]);
+        std::fs::write(&path, huge).unwrap();
+        let err = format!("{:#}", load(&path, &Device::Cpu).err().unwrap());
+        assert!(err.contains("ck.safetensors"), "{err}");
+    }
     use candle_core::DType;
 
     fn store(names: &[&str], value: f64) -> ParamStore {

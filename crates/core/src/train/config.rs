@@ -541,6 +541,19 @@ pub fn save_toml<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hostile_configurations_load_or_fail_never_panic() {
+        let valid = toml::to_string_pretty(&TrainConfig::default()).unwrap();
+        crate::faults::mutate::never_panics(
+            "config",
+            "config.toml",
+            valid.as_bytes(),
+            3,
+            400,
+            |p: &Path| load_toml_over(p, &TrainConfig::default()),
+        );
+    }
     use super::*;
 
     #[test]

@@ -235,6 +235,38 @@ pub(crate) mod samples {
 #[cfg(test)]
 mod tests {
     use super::samples::{eval, step};
+
+    #[test]
+    fn hostile_logs_read_back_or_fail_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path(), None).unwrap();
+        for s in 1..=4 {
+            log.append(&Record::Step(step(s, 0, 1.0 / s as f64)))
+                .unwrap();
+        }
+        log.append(&Record::Eval(eval(4, 0, 0.5, 0.7))).unwrap();
+        let valid = std::fs::read(dir.path().join(METRICS_FILE)).unwrap();
+        let read = crate::faults::mutate::never_panics(
+            "metrics.jsonl",
+            METRICS_FILE,
+            &valid,
+            1,
+            400,
+            |p: &Path| read_records(p),
+        );
+        // Resuming reads the same lines another way.
+        crate::faults::mutate::never_panics("resume", METRICS_FILE, &valid, 2, 300, |p: &Path| {
+            let at = ResumeAt {
+                step: 3,
+                records: Some(4),
+            };
+            MetricsLog::open_at(p.parent().unwrap(), Some(at)).map(|_| ())
+        });
+        assert!(
+            read > 0,
+            "no mutant was readable: the mutations are too crude"
+        );
+    }
     use super::*;
 
     fn as_json(records: &[Record]) -> serde_json::Value {

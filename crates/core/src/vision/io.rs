@@ -160,6 +160,25 @@ pub(crate) fn claimed_png(w: u32, h: u32, indexed: bool) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hostile_images_load_or_fail_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(16, 10, |x, y| {
+            image::Rgb([(x * 15) as u8, (y * 25) as u8, 90])
+        }));
+        let png = dir.path().join("a.png");
+        save_png(&png, &img).unwrap();
+        let jpg = dir.path().join("a.jpg");
+        img.save(&jpg).unwrap();
+        for path in [png, jpg] {
+            let valid = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            crate::faults::mutate::never_panics(&name, &name, &valid, 6, 300, |p: &Path| {
+                open(p).map(|i| i.width())
+            });
+        }
+    }
     use super::*;
 
     #[cfg(unix)]

@@ -115,6 +115,26 @@ pub fn save_mask(path: &Path, labels: &GrayImage, palette: Option<&[[u8; 3]]>) -
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hostile_masks_load_or_fail_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = GrayImage::from_fn(12, 9, |x, y| image::Luma([((x + y) % 3) as u8]));
+        for (name, palette) in [
+            (
+                "palette.png",
+                Some(vec![[0, 0, 0], [200, 0, 0], [0, 200, 0]]),
+            ),
+            ("grey.png", None),
+        ] {
+            let path = dir.path().join(name);
+            save_mask(&path, &labels, palette.as_deref()).unwrap();
+            let valid = std::fs::read(&path).unwrap();
+            crate::faults::mutate::never_panics(name, name, &valid, 5, 300, |p: &Path| {
+                open_mask(p).map(|m| m.labels.len())
+            });
+        }
+    }
     use super::*;
 
     #[test]

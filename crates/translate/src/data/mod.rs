@@ -2,8 +2,9 @@
 //! (`source<TAB>target` per line), from two aligned files (line `i` of one translates line `i`
 //! of the other), or from a named corpus prepared on first use ([`libreoffice`], [`ding`]).
 //!
-//! Every problem is an error naming the file and line: text that is not UTF-8, a TSV line
-//! without exactly one tab, an empty side, aligned files of unequal length. Line endings may be
+//! Every problem is an error naming the file and line: text that is not UTF-8, a line of more
+//! than a megabyte, a TSV line without exactly one tab, an empty side, aligned files of
+//! unequal length. Line endings may be
 //! `\n` or `\r\n`; a final newline is optional.
 
 pub mod ding;
@@ -21,31 +22,64 @@ pub struct Pair {
     pub target: String,
 }
 
-/// The lines of a text file, each checked to be UTF-8; an error names the file and line.
+/// The longest line read, in bytes, unless `DOWNSTREAM_MAX_LINE_BYTES` says otherwise: a
+/// sentence pair is a few hundred bytes, so a line of megabytes is a wrong file (a binary, a
+/// file without line ends), refused before it is held in memory.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The environment variable that raises (or lowers) [`DEFAULT_MAX_LINE_BYTES`].
+pub const MAX_LINE_VAR: &str = "DOWNSTREAM_MAX_LINE_BYTES";
+
+fn max_line_bytes() -> usize {
+    std::env::var(MAX_LINE_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_LINE_BYTES)
+}
+
+/// The lines of a text file, each checked to be UTF-8 and at most [`max_line_bytes`] long;
+/// an error names the file and line. Read line by line, so that an over-long line is refused
+/// after the limit's worth of bytes, not after the whole of it.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut body = bytes.as_slice();
-    if let Some(rest) = body.strip_prefix(b"\xef\xbb\xbf") {
-        body = rest;
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let cap = max_line_bytes();
+    let mut lines = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0.. {
+        buf.clear();
+        let n = (&mut reader)
+            .take(cap as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        let mut line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        line = line.strip_suffix(b"\r").unwrap_or(line);
+        if i == 0 {
+            line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
+        }
+        if line.len() > cap {
+            bail!(
+                "{}:{}: a line longer than {cap} bytes: not a text of sentences (set \
+                 {MAX_LINE_VAR} to allow longer lines)",
+                path.display(),
+                i + 1
+            );
+        }
+        let text = std::str::from_utf8(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: not valid UTF-8 (at byte {} of the line)",
+                path.display(),
+                i + 1,
+                e.valid_up_to()
+            )
+        })?;
+        lines.push(text.to_string());
     }
-    if body.is_empty() {
-        return Ok(Vec::new());
-    }
-    let body = body.strip_suffix(b"\n").unwrap_or(body);
-    body.split(|&b| b == b'\n')
-        .enumerate()
-        .map(|(i, line)| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            String::from_utf8(line.to_vec()).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{}: not valid UTF-8 (at byte {} of the line)",
-                    path.display(),
-                    i + 1,
-                    e.utf8_error().valid_up_to()
-                )
-            })
-        })
-        .collect()
+    Ok(lines)
 }
 
 /// Pairs from a TSV file: `source<TAB>target` on every line.

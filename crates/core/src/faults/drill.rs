@@ -1,11 +1,10 @@
-//! The fault drill each task's tests run on its real binary: a training run killed outright
+//! The kill drill each task's tests run on its real binary: a training run killed outright
 //! (SIGKILL: no handler runs, as when a machine is switched off or the kernel's OOM killer
 //! strikes) at seeded random moments, resumed after each kill, must end bit for bit where a
 //! run that was never interrupted ends: the same last and best checkpoint files (weights,
 //! optimizer moments, position), the same metrics log (less its timings) and the same
 //! result. The moments fall anywhere, during start-up, a step, an evaluation or a checkpoint
-//! write; each is printed with the seed, so that a failure can be reproduced. For tests only
-//! (the `faults` feature).
+//! write; each is printed with the seed, so that a failure can be reproduced.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
