@@ -134,10 +134,19 @@ impl MetricsLog {
         let mut line = serde_json::to_string(rec).context("serialising a metrics record")?;
         line.push('\n');
         // One write per line: a kill can then tear at most the final line, which resume tolerates.
-        self.file
+        let before = self.file.metadata().map(|m| m.len());
+        let written = self
+            .file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.flush())
-            .with_context(|| format!("appending to {}", self.path.display()))?;
+            .and_then(|()| self.file.flush());
+        if let Err(e) = written {
+            // A full disk takes part of the line: cut it off again, so that the log stays
+            // readable by everything, not only by a resume.
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+            return Err(e).with_context(|| format!("appending to {}", self.path.display()));
+        }
         self.records += 1;
         Ok(())
     }
@@ -333,6 +342,65 @@ mod tests {
             }
             other => panic!("unexpected records {other:?}"),
         }
+    }
+
+    /// Set in the child process of the full-disk test: the folder of the log to append to.
+    const FULL_DISK_CHILD: &str = "DOWNSTREAM_TEST_FULL_DISK_LOG";
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_mid_line_leaves_only_whole_lines() {
+        if let Ok(dir) = std::env::var(FULL_DISK_CHILD) {
+            // The child: no file may grow past 40 bytes more than the log has, as on a disk
+            // that fills up, so the next record is cut short by the kernel.
+            let dir = PathBuf::from(dir);
+            let len = fs::metadata(dir.join(METRICS_FILE)).unwrap().len();
+            // SAFETY: these change only this child process's limits and signal disposition.
+            unsafe {
+                let lim = libc::rlimit {
+                    rlim_cur: len + 40,
+                    rlim_max: len + 40,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            }
+            let at = ResumeAt {
+                step: 3,
+                records: Some(3),
+            };
+            let mut log = MetricsLog::open_at(&dir, Some(at)).unwrap();
+            let err = log.append(&Record::Step(step(4, 0, 0.5))).unwrap_err();
+            println!("append failed: {err:#}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path(), None).unwrap();
+        for s in 1..=3 {
+            log.append(&Record::Step(step(s, 0, 1.0))).unwrap();
+        }
+        drop(log);
+        let path = dir.path().join(METRICS_FILE);
+        let before = fs::read(&path).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "train::metrics_log::tests::a_full_disk_mid_line_leaves_only_whole_lines",
+            ])
+            .arg("--nocapture")
+            .env(FULL_DISK_CHILD, dir.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("append failed") && said.contains(METRICS_FILE),
+            "{said}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "a torn line was left in the log"
+        );
+        assert_eq!(read_records(&path).unwrap().len(), 3);
     }
 
     #[test]
