@@ -411,6 +411,74 @@ fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_run_folder_stops_the_run_with_an_error_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    // Readable by the unprivileged user the resumed run may become.
+    mode(data.path(), 0o755);
+    mode(runs.path(), 0o755);
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let out = train_command(&ann, runs.path(), "ro", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = runs.path().join("detect").join("ro");
+    let last = downstream_core::train::checkpoint::last_path(&dir);
+    let log = dir.join(downstream_core::train::metrics_log::METRICS_FILE);
+    let (ck_before, log_before) = (std::fs::read(&last).unwrap(), std::fs::read(&log).unwrap());
+    for d in [dir.clone(), dir.join("checkpoints")] {
+        mode(&d, 0o555);
+    }
+    let mut resumed = train_command(&ann, runs.path(), "ro", "3");
+    resumed.arg("--resume");
+    // SAFETY: geteuid and the set*id calls are async-signal-safe and change only the child.
+    unsafe {
+        resumed.pre_exec(|| {
+            // Root writes through any permission: a root run becomes `nobody`, for whom the
+            // folder is what it is to any user, read-only.
+            if libc::geteuid() == 0
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = resumed.output().unwrap();
+    for d in [dir.clone(), dir.join("checkpoints")] {
+        mode(&d, 0o755);
+    }
+    assert!(
+        !out.status.success(),
+        "the run went on in a read-only folder"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&dir.display().to_string()) && !err.contains("panicked"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        ck_before,
+        "the checkpoint changed"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), log_before, "the log changed");
+    downstream_core::train::checkpoint::load(&last, &candle_core::Device::Cpu).unwrap();
+}
+
 #[test]
 fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
     let data = tempfile::tempdir().unwrap();
