@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod faults;
 pub mod grad;
 pub mod hash;
+pub mod limits;
 pub mod memory;
 pub mod nn;
 pub mod params;

@@ -344,22 +344,25 @@ fn train_command(ann: &Path, runs: &Path, name: &str, epochs: &str) -> Command {
     cmd
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable() {
-    use std::os::unix::process::CommandExt;
-    let data = tempfile::tempdir().unwrap();
-    let ann = rectangles(data.path(), 8, 64, 64);
-    let runs = tempfile::tempdir().unwrap();
-    let out = train_command(&ann, runs.path(), "disk", "1")
-        .output()
-        .unwrap();
+/// A run of one epoch on the rectangles set, trained by the binary into `runs/detect/NAME`:
+/// the annotations and the run folder.
+fn one_epoch_run(data: &Path, runs: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ann = rectangles(data, 8, 64, 64);
+    let out = train_command(&ann, runs, name, "1").output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = runs.path().join("detect").join("disk");
+    (ann, runs.join("detect").join(name))
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable() {
+    use std::os::unix::process::CommandExt;
+    let (data, runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ann, dir) = one_epoch_run(data.path(), runs.path(), "disk");
     let last = downstream_core::train::checkpoint::last_path(&dir);
     let before = downstream_core::train::checkpoint::load(&last, &candle_core::Device::Cpu)
         .unwrap()
@@ -424,16 +427,7 @@ fn a_read_only_run_folder_stops_the_run_with_an_error_and_changes_nothing() {
     // Readable by the unprivileged user the resumed run may become.
     mode(data.path(), 0o755);
     mode(runs.path(), 0o755);
-    let ann = rectangles(data.path(), 8, 64, 64);
-    let out = train_command(&ann, runs.path(), "ro", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = runs.path().join("detect").join("ro");
+    let (ann, dir) = one_epoch_run(data.path(), runs.path(), "ro");
     let last = downstream_core::train::checkpoint::last_path(&dir);
     let log = dir.join(downstream_core::train::metrics_log::METRICS_FILE);
     let (ck_before, log_before) = (std::fs::read(&last).unwrap(), std::fs::read(&log).unwrap());
@@ -495,15 +489,13 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
         ]);
         cmd
     };
-    for seed in [11, 12] {
-        let drill = downstream_core::faults::Drill {
-            task: "detect",
-            command: &command,
-            kills: 5,
-            seed,
-        };
-        downstream_core::faults::drill(&drill).unwrap();
-    }
+    let drill = downstream_core::faults::Drill {
+        task: "detect",
+        command: &command,
+        kills: 5,
+        seeds: &[11, 12],
+    };
+    downstream_core::faults::drill(&drill).unwrap();
 }
 
 #[test]

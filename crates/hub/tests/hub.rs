@@ -386,15 +386,20 @@ fn synthetic_export() -> Vec<u8> {
     .encode_to_vec()
 }
 
-#[test]
-fn onnx_export_becomes_hf_dinov2_weights() {
-    let settings = Dinov2Settings {
+/// How the synthetic export is read.
+fn tiny_settings() -> Dinov2Settings {
+    Dinov2Settings {
         num_attention_heads: 2,
         patch_size: 2,
         layer_norm_eps: 1e-6,
         position_cls: "onnx::Concat_1".into(),
         position_grid: "onnx::Reshape_2".into(),
-    };
+    }
+}
+
+#[test]
+fn onnx_export_becomes_hf_dinov2_weights() {
+    let settings = tiny_settings();
     let c = onnx::dinov2_from_onnx(&synthetic_export(), &settings).unwrap();
     assert_eq!(c.config["hidden_size"], 4);
     assert_eq!(c.config["num_hidden_layers"], 1);
@@ -423,11 +428,8 @@ fn onnx_export_becomes_hf_dinov2_weights() {
 #[test]
 fn onnx_export_without_the_named_position_parts_is_an_error() {
     let settings = Dinov2Settings {
-        num_attention_heads: 2,
-        patch_size: 2,
-        layer_norm_eps: 1e-6,
         position_cls: "onnx::Missing".into(),
-        position_grid: "onnx::Reshape_2".into(),
+        ..tiny_settings()
     };
     let err = format!(
         "{:#}",
@@ -441,13 +443,7 @@ fn onnx_export_without_the_named_position_parts_is_an_error() {
 #[test]
 fn hostile_onnx_files_convert_or_fail_never_panic() {
     let valid = synthetic_export();
-    let settings = Dinov2Settings {
-        num_attention_heads: 2,
-        patch_size: 2,
-        layer_norm_eps: 1e-6,
-        position_cls: "onnx::Concat_1".into(),
-        position_grid: "onnx::Reshape_2".into(),
-    };
+    let settings = tiny_settings();
     let converted = downstream_core::faults::mutate::never_panics(
         "onnx",
         "model.onnx",

@@ -300,22 +300,12 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
     cfg.train.eval_every_steps = Some(2);
     let file = tmp.path().join("drill.toml");
     downstream_core::train::config::save_toml(&file, &cfg).unwrap();
-    let command = |runs: &Path, name: &str| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_translate"));
-        cmd.args(["train", "--config"])
-            .arg(&file)
-            .arg("--runs-dir")
-            .arg(runs)
-            .args(["--name", name]);
-        cmd
+    let command = downstream_core::faults::config_command(env!("CARGO_BIN_EXE_translate"), &file);
+    let drill = downstream_core::faults::Drill {
+        task: "translate",
+        command: &command,
+        kills: 5,
+        seeds: &[31, 32],
     };
-    for seed in [31, 32] {
-        let drill = downstream_core::faults::Drill {
-            task: "translate",
-            command: &command,
-            kills: 5,
-            seed,
-        };
-        downstream_core::faults::drill(&drill).unwrap();
-    }
+    downstream_core::faults::drill(&drill).unwrap();
 }

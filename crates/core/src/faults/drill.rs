@@ -21,9 +21,24 @@ use crate::train::{checkpoint, result};
 pub struct Drill<'a> {
     pub task: &'a str,
     pub command: &'a dyn Fn(&Path, &str) -> Command,
-    /// How many times the interrupted run is killed.
+    /// How many times the interrupted run is killed, for each seed of the kill moments.
     pub kills: usize,
-    pub seed: u64,
+    pub seeds: &'a [u64],
+}
+
+/// The command a drill runs for a task whose whole run is in one configuration file:
+/// `BIN train --config CONFIG --runs-dir RUNS --name NAME`.
+pub fn config_command(bin: &str, config: &Path) -> impl Fn(&Path, &str) -> Command {
+    let (bin, config) = (bin.to_string(), config.to_path_buf());
+    move |runs: &Path, name: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["train", "--config"])
+            .arg(&config)
+            .arg("--runs-dir")
+            .arg(runs)
+            .args(["--name", name]);
+        cmd
+    }
 }
 
 fn run_to_end(mut cmd: Command, what: &str) -> Result<Duration> {
@@ -56,8 +71,16 @@ fn log_without_timings(dir: &Path) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Runs the drill in a fresh folder; an error says which kill schedule broke what.
+/// Runs the drill once per seed, each in a fresh folder; an error says which kill schedule
+/// broke what.
 pub fn drill(d: &Drill) -> Result<()> {
+    for &seed in d.seeds {
+        drill_seed(d, seed)?;
+    }
+    Ok(())
+}
+
+fn drill_seed(d: &Drill, seed: u64) -> Result<()> {
     let runs = tempfile::tempdir()?;
     let straight_dir = runs.path().join(d.task).join("straight");
     let killed_dir = runs.path().join(d.task).join("killed");
@@ -76,7 +99,7 @@ pub fn drill(d: &Drill) -> Result<()> {
         .map(|c| c.state.step)
     };
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(d.seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut schedule = Vec::new();
     for k in 0..d.kills {
         let done = reached();
@@ -111,7 +134,7 @@ pub fn drill(d: &Drill) -> Result<()> {
         ensure!(
             killed || status.success(),
             "seed {}: the run failed by itself ({status}):\n{}",
-            d.seed,
+            seed,
             schedule.join("\n")
         );
     }
@@ -119,7 +142,7 @@ pub fn drill(d: &Drill) -> Result<()> {
     if checkpoint::last_path(&killed_dir).is_file() {
         last.arg("--resume");
     }
-    let context = || format!("seed {}, kills:\n{}", d.seed, schedule.join("\n"));
+    let context = || format!("seed {}, kills:\n{}", seed, schedule.join("\n"));
     run_to_end(last, "the resumed run").with_context(context)?;
 
     for file in [

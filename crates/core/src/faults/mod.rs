@@ -5,4 +5,4 @@
 pub mod drill;
 pub mod mutate;
 
-pub use drill::{drill, Drill};
+pub use drill::{config_command, drill, Drill};

@@ -11,35 +11,23 @@ use image::{DynamicImage, ImageEncoder, ImageReader, RgbImage};
 /// Extensions taken as images when a folder is listed.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
-/// The longest image side decoded, in pixels, unless `DOWNSTREAM_MAX_IMAGE_SIDE` says
-/// otherwise: a header claiming more (a decompression bomb, a damaged file) is refused before
-/// any memory is spent on its pixels. Aerial tiles and scans of this size still load.
-pub const DEFAULT_MAX_SIDE: u32 = 20_000;
-
-/// The environment variable that raises (or lowers) [`DEFAULT_MAX_SIDE`].
-pub const MAX_SIDE_VAR: &str = "DOWNSTREAM_MAX_IMAGE_SIDE";
-
-fn max_side() -> u32 {
-    std::env::var(MAX_SIDE_VAR)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_SIDE)
-}
-
 /// An error if the image at `path` claims more than the cap on either side; the cap.
 pub(crate) fn check_side(path: &Path, w: u32, h: u32) -> Result<u32> {
-    let side = max_side();
+    let cap = crate::limits::IMAGE_SIDE;
+    let side = u32::try_from(cap.get()).unwrap_or(u32::MAX);
     if w > side || h > side {
         bail!(
             "{}: the image claims {w} x {h} pixels, more than the {side} a side this program \
-             decodes (set {MAX_SIDE_VAR} to allow larger images)",
-            path.display()
+             decodes (set {} to allow larger images)",
+            path.display(),
+            cap.var
         );
     }
     Ok(side)
 }
 
-/// Decodes `path`, whatever its extension says; an image larger than [`max_side`] on either
+/// Decodes `path`, whatever its extension says; an image larger than the cap
+/// ([`crate::limits::IMAGE_SIDE`]) on either
 /// side is an error naming its size and the setting that allows it.
 pub fn open(path: &Path) -> Result<DynamicImage> {
     let context = || format!("reading image {}", path.display());
@@ -214,7 +202,7 @@ mod tests {
             err.contains("bomb.png") && err.contains("100000 x 100000"),
             "{err}"
         );
-        assert!(err.contains(MAX_SIDE_VAR), "{err}");
+        assert!(err.contains(crate::limits::IMAGE_SIDE.var), "{err}");
         // A size within the cap gets to the decoder, which finds the data short: an error too,
         // not a panic or an allocation of the claimed size.
         let short = dir.path().join("short.png");

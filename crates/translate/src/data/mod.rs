@@ -22,29 +22,16 @@ pub struct Pair {
     pub target: String,
 }
 
-/// The longest line read, in bytes, unless `DOWNSTREAM_MAX_LINE_BYTES` says otherwise: a
-/// sentence pair is a few hundred bytes, so a line of megabytes is a wrong file (a binary, a
-/// file without line ends), refused before it is held in memory.
-pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
-
-/// The environment variable that raises (or lowers) [`DEFAULT_MAX_LINE_BYTES`].
-pub const MAX_LINE_VAR: &str = "DOWNSTREAM_MAX_LINE_BYTES";
-
-fn max_line_bytes() -> usize {
-    std::env::var(MAX_LINE_VAR)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_LINE_BYTES)
-}
-
-/// The lines of a text file, each checked to be UTF-8 and at most [`max_line_bytes`] long;
+/// The lines of a text file, each checked to be UTF-8 and at most
+/// [`downstream_core::limits::LINE_BYTES`] long;
 /// an error names the file and line. Read line by line, so that an over-long line is refused
 /// after the limit's worth of bytes, not after the whole of it.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     use std::io::{BufRead, Read};
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut reader = std::io::BufReader::new(file);
-    let cap = max_line_bytes();
+    let limit = downstream_core::limits::LINE_BYTES;
+    let cap = usize::try_from(limit.get()).unwrap_or(usize::MAX);
     let mut lines = Vec::new();
     let mut buf = Vec::new();
     for i in 0.. {
@@ -63,10 +50,11 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         }
         if line.len() > cap {
             bail!(
-                "{}:{}: a line longer than {cap} bytes: not a text of sentences (set \
-                 {MAX_LINE_VAR} to allow longer lines)",
+                "{}:{}: a line longer than {cap} bytes: not a text of sentences (set {} to \
+                 allow longer lines)",
                 path.display(),
-                i + 1
+                i + 1,
+                limit.var
             );
         }
         let text = std::str::from_utf8(line).map_err(|e| {
