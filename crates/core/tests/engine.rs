@@ -83,10 +83,45 @@ fn a_finished_run_resumed_with_a_longer_budget_goes_on_and_as_it_was_stays_done(
     // As it was: nothing more to do.
     let same = fit(&task, &data, None::<&Images>, &cfg, &cfg, &resume).unwrap();
     assert_eq!(same.steps, 6);
-    // Two more epochs asked for: it trains them.
-    let longer = TrainConfig { epochs: 5, ..cfg };
+    // Two more epochs asked for: it trains them, and the old result no longer stands.
+    std::fs::write(dir.path().join("result.json"), "{}").unwrap();
+    let longer = TrainConfig {
+        epochs: 5,
+        ..cfg.clone()
+    };
     let more = fit(&task, &data, None::<&Images>, &longer, &longer, &resume).unwrap();
     assert_eq!((more.steps, more.finished), (10, true));
+    assert!(
+        !dir.path().join("result.json").exists(),
+        "a stale result survived"
+    );
+
+    // A step budget that ended inside an epoch, extended: it goes on from the next batch
+    // (3 steps = one epoch and a half; 4 completes the second epoch).
+    let steps_dir = tempfile::tempdir().unwrap();
+    let budget = |n| TrainConfig {
+        steps: Some(n),
+        ..cfg.clone()
+    };
+    let three = budget(3);
+    let opts = options(steps_dir.path());
+    assert_eq!(
+        fit(&task, &data, None::<&Images>, &three, &three, &opts)
+            .unwrap()
+            .steps,
+        3
+    );
+    let resume = RunOptions {
+        resume: true,
+        ..options(steps_dir.path())
+    };
+    let four = budget(4);
+    let on = fit(&task, &data, None::<&Images>, &four, &four, &resume).unwrap();
+    assert_eq!((on.steps, on.finished), (4, true));
+    let last = checkpoint::load(&on.last_checkpoint, &Device::Cpu)
+        .unwrap()
+        .state;
+    assert_eq!((last.epoch, last.batch), (2, 0), "{last:?}");
 }
 
 #[test]

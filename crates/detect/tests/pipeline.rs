@@ -305,24 +305,17 @@ fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
     let ann = rectangles(data.path(), 8, 64, 64);
     let runs = tempfile::tempdir().unwrap();
     let run_dir = runs.path().join("detect").join("shared");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    // A live process holds the folder (as a training run would).
-    let mut owner = Command::new("sleep").arg("60").spawn().unwrap();
-    std::fs::write(
-        run_dir.join(downstream_core::train::lock::LOCK_FILE),
-        format!("{} 0\n", owner.id()),
-    )
-    .unwrap();
+    // This process holds the folder, as a training run would.
+    let lock = downstream_core::train::lock::acquire(&run_dir).unwrap();
     let out = train_command(&ann, runs.path(), "shared", "1")
         .output()
         .unwrap();
-    owner.kill().unwrap();
-    owner.wait().unwrap();
+    drop(lock);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("is in use")
-            && err.contains(&owner.id().to_string())
+            && err.contains(&std::process::id().to_string())
             && !err.contains("panicked"),
         "{err}"
     );

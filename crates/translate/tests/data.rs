@@ -123,3 +123,12 @@ fn a_line_of_megabytes_is_refused_naming_the_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_byte_order_mark_is_not_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let only = write(dir.path(), "bom.tsv", b"\xef\xbb\xbf");
+    assert!(read_tsv(&only).unwrap().is_empty());
+    let first = write(dir.path(), "a.tsv", "\u{feff}one .\teins .\n".as_bytes());
+    assert_eq!(read_tsv(&first).unwrap()[0].source, "one .");
+}

@@ -312,9 +312,10 @@ pub trait RunConfig: Serialize + DeserializeOwned + Default {
     }
 }
 
-/// Fields a resumed run may change: how long it goes on (extended only), when it evaluates,
-/// stops early and saves, and where features are cached; none of them changes what a step
-/// computes. (A longer budget stretches the rest of the learning-rate schedule: that is what
+/// Fields a resumed run may change: how long it goes on (extended only, in the same unit),
+/// when it evaluates, stops early and saves; none of them changes what a step computes. (Not
+/// the feature cache: with it off, a frozen backbone sees fresh augmented views instead of
+/// the cached ones.) (A longer budget stretches the rest of the learning-rate schedule: that is what
 /// extending asks for.)
 pub const RESUME_SAFE: &[&str] = &[
     "train.epochs",
@@ -324,7 +325,6 @@ pub const RESUME_SAFE: &[&str] = &[
     "train.eval_every_steps",
     "train.eval_batch",
     "train.checkpoint_every",
-    "train.feature_cache",
 ];
 
 /// The configuration a `train` command runs with. A new run: the `--config` file (or the task's
@@ -375,11 +375,16 @@ pub fn resolve<C: RunConfig>(
         );
     }
     let (was, now) = (saved.train_mut().clone(), asked.train_mut().clone());
-    let shorter = |a: Option<u64>, b: Option<u64>| matches!((a, b), (Some(a), Some(b)) if b < a);
-    if now.epochs < was.epochs || shorter(was.steps, now.steps) {
+    let shorter = match (was.steps, now.steps) {
+        (Some(a), Some(b)) => b < a,
+        (None, None) => now.epochs < was.epochs,
+        // A budget in steps for one in epochs (or back) is no extension of it.
+        _ => true,
+    };
+    if shorter {
         bail!(
-            "--resume can extend a run's epochs or steps, not shorten them ({}: epochs {}, \
-             steps {:?})",
+            "--resume can extend a run's budget in the unit it was given, not shorten or \
+             replace it ({}: epochs {}, steps {:?})",
             path.display(),
             was.epochs,
             was.steps
@@ -714,6 +719,12 @@ mod tests {
         };
         let err = resolve::<Whole>(&shorter, &resume, dir.path(), |_| {}).unwrap_err();
         assert!(format!("{err:#}").contains("not shorten"), "{err:#}");
+        // A budget in steps does not extend one in epochs.
+        let in_steps = TrainArgs {
+            steps: Some(1000),
+            ..Default::default()
+        };
+        assert!(resolve::<Whole>(&in_steps, &resume, dir.path(), |_| {}).is_err());
         let err = resolve::<Whole>(&other, &resume, &dir.path().join("none"), |_| {}).unwrap_err();
         assert!(format!("{err:#}").contains("config.toml"), "{err:#}");
     }

@@ -1,196 +1,185 @@
 //! One training process per run folder. Two processes training into one folder would
 //! interleave their checkpoints and logs into a run that neither of them made, so `train`
-//! holds `run.lock`, a file naming its process, for as long as it runs; a second process is
-//! refused at once, naming the folder and the owner. A killed run cannot remove its lock, so
-//! a lock whose process has ended (checked by process id and start time, so that a reused id
-//! does not count as alive) is taken over with a warning.
+//! holds an exclusive lock on `run.lock` for as long as it runs, and a second process is
+//! refused at once, naming the folder and the owner the file names. The lock is the kernel's
+//! (`flock`): it ends with its process however that ends, so a killed run leaves no stale
+//! lock, only the file naming it, and the next run takes over with a warning that says so.
+//! Within one process the lock is re-entrant (a pipeline holds it, and the engine inside).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
 /// The lock's file name in a run folder.
 pub const LOCK_FILE: &str = "run.lock";
 
-/// A held lock; dropping it removes the file, unless an outer holder in this process owns it.
+/// Locks this process holds: the file (its `flock` lives as long as it is open) and how many
+/// guards share it.
+fn held() -> &'static Mutex<HashMap<PathBuf, (File, usize)>> {
+    static HELD: OnceLock<Mutex<HashMap<PathBuf, (File, usize)>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+/// A held lock; the last guard of this process for a folder releases it.
 #[derive(Debug)]
 pub struct RunLock {
-    path: PathBuf,
-    owned: bool,
+    key: PathBuf,
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        if self.owned {
-            let _ = fs::remove_file(&self.path);
+        let mut held = held().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((file, count)) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                // Emptied, so that the next run knows this one ended cleanly; closing the file
+                // releases the lock.
+                let _ = file.set_len(0);
+                held.remove(&self.key);
+            }
         }
     }
 }
 
-/// Who holds a lock: a process id and that process's start time (in clock ticks since boot,
-/// where the system says; 0 where it does not).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start: u64,
-}
-
-impl Owner {
-    fn me() -> Self {
-        let pid = std::process::id();
-        Self {
-            pid,
-            start: start_time(pid).unwrap_or(0),
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        let mut it = text.split_whitespace();
-        Some(Self {
-            pid: it.next()?.parse().ok()?,
-            start: it.next()?.parse().ok()?,
-        })
-    }
-
-    fn alive(self) -> bool {
-        match start_time(self.pid) {
-            Some(now) => self.start == 0 || now == self.start,
-            None => process_exists(self.pid),
-        }
-    }
-}
-
-/// Field 22 of `/proc/PID/stat` (Linux); `None` where there is no such file.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn process_exists(pid: u32) -> bool {
+/// Tries the kernel's exclusive lock on `file` without waiting; `Ok(false)` if another
+/// process holds it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
     #[cfg(unix)]
     {
-        let Ok(pid) = i32::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function borrows; it changes no memory.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(false);
+        }
+        Err(e)
     }
     #[cfg(not(unix))]
     {
-        let _ = pid;
-        true
+        // No advisory locks here: a run is not guarded against a second process.
+        let _ = file;
+        Ok(true)
     }
 }
 
-/// Takes `dir`'s lock (creating the folder), or refuses if another live process holds it.
+/// Takes `dir`'s lock (creating the folder), or refuses if another process holds it.
 pub fn acquire(dir: &Path) -> Result<RunLock> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
-    let me = Owner::me();
-    // Two processes taking over the same stale lock race on `create_new`: the loser looks
-    // again and finds the winner alive.
-    for _ in 0..3 {
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                writeln!(f, "{} {}", me.pid, me.start)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                return Ok(RunLock { path, owned: true });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-        }
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            // Removed by its owner in the meantime: try again.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        match Owner::parse(&text) {
-            Some(owner) if owner == me => return Ok(RunLock { path, owned: false }),
-            Some(owner) if owner.alive() => bail!(
-                "{} is in use: process {} is training into it (lock {}). Wait for it to end, \
-                 or give this run another --name",
-                dir.display(),
-                owner.pid,
-                path.display()
-            ),
-            owner => {
-                let who = owner.map_or("an unreadable owner".to_string(), |o| {
-                    format!("process {}, which has ended", o.pid)
-                });
-                eprintln!(
-                    "warning: taking over the lock of {} from {who}",
-                    dir.display()
-                );
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("removing {}", path.display()))
-                    }
-                }
-            }
-        }
+    let key = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut held = held().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, count)) = held.get_mut(&key) {
+        *count += 1;
+        return Ok(RunLock { key });
     }
-    bail!(
-        "{}: could not take the lock {}",
-        dir.display(),
-        path.display()
-    )
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let mut previous = String::new();
+    let _ = file.read_to_string(&mut previous);
+    let owner = previous.trim();
+    if !try_lock(&file).with_context(|| format!("locking {}", path.display()))? {
+        bail!(
+            "{} is in use: {} is training into it (lock {}). Wait for it to end, or give this \
+             run another --name",
+            dir.display(),
+            if owner.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("process {owner}")
+            },
+            path.display()
+        );
+    }
+    if !owner.is_empty() {
+        eprintln!(
+            "warning: {} was left by process {owner}, which ended without finishing; taking it over",
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())
+        .and_then(|()| file.flush())
+        .with_context(|| format!("writing {}", path.display()))?;
+    held.insert(key.clone(), (file, 1));
+    Ok(RunLock { key })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
     use std::process::{Command, Stdio};
 
-    fn lock_naming(dir: &Path, pid: u32) {
-        let start = start_time(pid).unwrap_or(0);
-        fs::write(dir.join(LOCK_FILE), format!("{pid} {start}\n")).unwrap();
-    }
+    /// Set in the child process of the test: the folder it locks before it sleeps.
+    const HOLDER: &str = "DOWNSTREAM_TEST_LOCK_HOLDER";
 
+    #[cfg(unix)]
     #[test]
     fn a_folder_is_held_by_one_process_and_a_dead_owner_is_taken_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
+        if let Ok(dir) = std::env::var(HOLDER) {
+            let _lock = acquire(Path::new(&dir)).unwrap();
+            println!("held");
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
         let lock = acquire(&run).unwrap();
         let text = fs::read_to_string(run.join(LOCK_FILE)).unwrap();
-        assert_eq!(Owner::parse(&text), Some(Owner::me()));
-        // The same process again (a pipeline, then the engine inside it): re-entrant, and the
-        // inner guard leaves the file to the outer one.
+        assert_eq!(text.trim(), std::process::id().to_string());
+        // The same process again (a pipeline, then the engine inside it): re-entrant.
         drop(acquire(&run).unwrap());
-        assert!(run.join(LOCK_FILE).is_file());
+        assert_eq!(
+            held().lock().unwrap()[&fs::canonicalize(&run).unwrap()].1,
+            1
+        );
         drop(lock);
-        assert!(!run.join(LOCK_FILE).exists(), "the lock outlived its run");
+        assert!(
+            fs::read_to_string(run.join(LOCK_FILE)).unwrap().is_empty(),
+            "a clean end leaves an empty lock file"
+        );
 
-        // A live owner: refused at once, naming the folder and the process.
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdout(Stdio::null())
+        // Another process holds it: refused at once, naming the folder and the process.
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "train::lock::tests::a_folder_is_held_by_one_process_and_a_dead_owner_is_taken_over"])
+            .arg("--nocapture")
+            .env(HOLDER, &run)
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        lock_naming(&run, child.id());
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("held") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the holder ended");
+        }
         let err = format!("{:#}", acquire(&run).unwrap_err());
         assert!(err.contains(&run.display().to_string()), "{err}");
         assert!(err.contains(&child.id().to_string()), "{err}");
-        // Once it has ended, its lock is taken over.
+        // Killed, it leaves its id in the file but no lock: the next run takes over.
         child.kill().unwrap();
         child.wait().unwrap();
+        assert_eq!(
+            fs::read_to_string(run.join(LOCK_FILE)).unwrap().trim(),
+            child.id().to_string()
+        );
         let taken = acquire(&run).unwrap();
         let text = fs::read_to_string(run.join(LOCK_FILE)).unwrap();
-        assert_eq!(Owner::parse(&text), Some(Owner::me()));
+        assert_eq!(text.trim(), std::process::id().to_string());
         drop(taken);
-
-        // A reused process id is not the owner: the start time differs.
-        fs::write(run.join(LOCK_FILE), format!("{} 1\n", std::process::id())).unwrap();
-        drop(acquire(&run).unwrap());
-        // Garbage in the lock is taken over too, not a panic.
-        fs::write(run.join(LOCK_FILE), "not a lock").unwrap();
-        drop(acquire(&run).unwrap());
     }
 }

@@ -259,6 +259,13 @@ where
     }
     let dir = &options.dir;
     let _lock = super::lock::acquire(dir)?;
+    // A run that trains has not finished until it writes its result again.
+    match std::fs::remove_file(dir.join(super::result::RESULT_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}'s old result", dir.display()))
+        }
+        _ => {}
+    }
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
@@ -304,10 +311,14 @@ where
         optimizer.load_state(&ck.tensors, ck.state.step)?;
         let mut state = ck.state;
         // A finished run resumed with a longer budget (or, if it stopped early, a larger
-        // patience) goes on; resumed as it was, it stays finished.
+        // patience) goes on, from the batch after its last step: a step budget may have cut
+        // its last epoch short, and the position then already points at the next epoch.
+        // Resumed as it was, it stays finished.
         let stopped = cfg.patience.is_some_and(|p| state.evals_since_best >= p);
-        if state.finished && state.step < total_steps && state.epoch < epochs && !stopped {
+        if state.finished && state.step < total_steps && !stopped {
             state.finished = false;
+            state.epoch = (state.step / steps_per_epoch) as usize;
+            state.batch = (state.step % steps_per_epoch) as usize;
         }
         state
     } else {

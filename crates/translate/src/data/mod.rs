@@ -32,6 +32,14 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let mut reader = std::io::BufReader::new(file);
     let limit = downstream_core::limits::LINE_BYTES;
     let cap = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+    // A byte-order mark is not part of the first line (nor counted against the cap).
+    if reader
+        .fill_buf()
+        .with_context(|| format!("reading {}", path.display()))?
+        .starts_with(b"\xef\xbb\xbf")
+    {
+        reader.consume(3);
+    }
     let mut lines = Vec::new();
     let mut buf = Vec::new();
     for i in 0.. {
@@ -43,11 +51,8 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         if n == 0 {
             break;
         }
-        let mut line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        line = line.strip_suffix(b"\r").unwrap_or(line);
-        if i == 0 {
-            line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
-        }
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > cap {
             bail!(
                 "{}:{}: a line longer than {cap} bytes: not a text of sentences (set {} to \

@@ -50,7 +50,9 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Of the finite values (a metric a run did not report is NaN, and must not rank).
     fn of(values: &[(f64, f64)]) -> Option<Self> {
+        let values: Vec<(f64, f64)> = values.iter().copied().filter(|v| v.0.is_finite()).collect();
         let n = values.len();
         if n == 0 {
             return None;
