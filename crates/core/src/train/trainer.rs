@@ -1,7 +1,11 @@
 //! The training loop: batches in a seeded order (of similar-length examples where the data set
 //! knows lengths), gradients (accumulated over micro-batches),
 //! clipping, the scheduled AdamW step, checkpoints, and evaluation every few epochs or steps
-//! with the best checkpoint kept and early stopping on the task's main metric.
+//! with the best checkpoint kept and early stopping on the task's main metric. It holds the
+//! run folder's lock while it runs. A checkpoint saved at a step comes after that step's
+//! evaluation and records how much of the log it covers, so that a run killed anywhere and
+//! resumed ends exactly where an uninterrupted one does; a finished run resumed with a longer
+//! budget goes on from the batch after its last step.
 
 use std::path::PathBuf;
 use std::time::Instant;
