@@ -1,7 +1,8 @@
 //! Detection examples for the engine: each image becomes one input (letterboxed into the
 //! square model input) or, with tiling, several overlapping tiles at native scale whose boxes
-//! are clipped to the tile (core's [`Placement`]). View 0 is the example as it is; odd views
-//! are flipped left-right, image and boxes together (core's [`Augment`]).
+//! are clipped to the tile (core's [`Placement`]). View 0 is the example as it is; other views
+//! are drawn from the input's augmentation policy (core's [`Augment`]: flips, quarter turns,
+//! zoom, colour), image and boxes together.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use downstream_core::train::Dataset;
-use downstream_core::vision::augment::Augment;
+use downstream_core::vision::augment::{Augment, AugmentPolicy};
 use downstream_core::vision::input::{to_tensor, Placement};
 use downstream_core::vision::io;
 use image::RgbImage;
@@ -32,6 +33,11 @@ pub struct InputConfig {
     pub tile_overlap: usize,
     /// A box cut by a tile edge is kept when at least this fraction of it is inside.
     pub min_visible: f64,
+    /// The augmentations training views are drawn from.
+    pub augment: AugmentPolicy,
+    /// Distinct views per training example (the plain one included) when the backbone is
+    /// frozen and its features are cached: each costs a backbone pass and its features' memory.
+    pub views: usize,
 }
 
 impl Default for InputConfig {
@@ -41,6 +47,8 @@ impl Default for InputConfig {
             tile: None,
             tile_overlap: 64,
             min_visible: 0.4,
+            augment: AugmentPolicy::default(),
+            views: 2,
         }
     }
 }
@@ -174,12 +182,8 @@ impl DetectionData {
         })
     }
 
-    /// Odd views are the left-right flip.
-    fn augment(view: u64) -> Augment {
-        Augment {
-            flip_horizontal: view % 2 == 1,
-            ..Augment::IDENTITY
-        }
+    fn augment(&self, view: u64) -> Augment {
+        Augment::draw(&self.input.augment, view)
     }
 }
 
@@ -195,18 +199,18 @@ impl Dataset for DetectionData {
         let sample = &self.samples[index];
         let image = self.image(sample)?;
         let input = sample.placement.render(&image, self.input.size as u32);
-        to_tensor(&Self::augment(view).image(&input), &self.device)
+        to_tensor(&self.augment(view).image(&input), &self.device)
     }
 
     fn target(&self, index: usize, view: u64) -> Result<Target> {
         let sample = &self.samples[index];
         let size = self.input.size as u32;
-        let augment = Self::augment(view);
+        let augment = self.augment(view);
         let boxes: Vec<(usize, [f32; 4])> = self.boxes[sample.image]
             .iter()
             .filter_map(|&(class, b)| {
                 let b = sample.placement.box_to_input(b, self.input.min_visible)?;
-                Some((class, augment.boxed(b, size, 0.0)?))
+                Some((class, augment.boxed(b, size, self.input.min_visible)?))
             })
             .collect();
         let assigned = assign(&self.geometry, &boxes);
@@ -220,8 +224,7 @@ impl Dataset for DetectionData {
         })
     }
 
-    /// View 1 is the left-right flip.
     fn cached_views(&self) -> u64 {
-        2
+        self.input.views.max(1) as u64
     }
 }

@@ -23,21 +23,49 @@ use crate::model::postprocess::{decode, BoxDet, PostProcess};
 pub struct ModelConfig {
     /// Channels of the pyramid and head.
     pub width: usize,
+    /// 3x3 convolutions in the head's tower, shared by the pyramid levels.
+    pub tower: usize,
     /// Read the raw output of this backbone block instead of the final-norm output.
     pub feature_block: Option<usize>,
+    /// Read the raw outputs of several blocks (for example 5, 8 and 11), each layer-normed by
+    /// the head and concatenated: shallower blocks keep more of the fine detail that small
+    /// objects need. Replaces `feature_block`.
+    pub feature_blocks: Vec<usize>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             width: 96,
+            tower: 1,
             feature_block: None,
+            feature_blocks: Vec::new(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The blocks the head reads, in order (empty: the final-norm output), and the backbone's
+    /// readout, which ends at the deepest of them.
+    pub fn blocks(&self) -> Result<(Vec<usize>, Readout)> {
+        let mut blocks = self.feature_blocks.clone();
+        blocks.sort_unstable();
+        blocks.dedup();
+        match (self.feature_block, blocks.last()) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "model.feature_block and model.feature_blocks both set: give one of them"
+            ),
+            (Some(b), None) => Ok((vec![b], Readout::UpTo(b))),
+            (None, Some(&top)) => Ok((blocks, Readout::UpTo(top))),
+            (None, None) => Ok((Vec::new(), Readout::Final)),
         }
     }
 }
 
 pub struct Detector {
     pub backbone: Vit,
+    /// The blocks whose outputs are concatenated for the head (empty: the final output).
+    pub blocks: Vec<usize>,
     pub head: DetectionHead,
     pub params: ParamStore,
     pub frozen: bool,
@@ -59,17 +87,17 @@ impl Detector {
         device: &Device,
     ) -> Result<Self> {
         let (spec, mode, seed) = (train.backbone.as_str(), train.mode, train.seed);
-        // Blocks above the one the head reads are not loaded: nothing to compute or train.
-        let readout = match model.feature_block {
-            Some(b) => Readout::UpTo(b),
-            None => Readout::Final,
-        };
+        // Blocks above the deepest one the head reads are not loaded: nothing to compute or
+        // train.
+        let (blocks, readout) = model.blocks()?;
         let (backbone, mut params) = backbone::load_vision(spec, mode, readout, device)
             .with_context(|| format!("backbone `{spec}` in mode {mode}"))?;
         let head = DetectionHead::new(
             &mut params,
             backbone.hidden_size(),
+            blocks.len().max(1),
             model.width,
+            model.tower,
             categories.len(),
             seed,
             device,
@@ -77,6 +105,7 @@ impl Detector {
         let geometry = Geometry::new(input_size, backbone.patch_size());
         Ok(Self {
             backbone,
+            blocks,
             head,
             params,
             frozen: mode == Freeze::Frozen,
@@ -132,8 +161,19 @@ impl Task for Detector {
 
     fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
         let x = Tensor::stack(inputs, 0)?;
-        // The backbone ends at the block read, so its output is that block's.
-        let map = self.backbone.forward(&x, &[])?.feature_map()?;
+        // The backbone ends at the deepest block read, so its output is that block's.
+        let out = self.backbone.forward(&x, &self.blocks)?;
+        let map = match self.blocks.len() {
+            0 | 1 => out.feature_map()?,
+            _ => {
+                let maps = self
+                    .blocks
+                    .iter()
+                    .map(|&b| out.block_map(b))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&maps, 1)?
+            }
+        };
         // Channels-last, as the head's matrix-product convolutions want it.
         let map = map.permute((0, 2, 3, 1))?;
         (0..inputs.len())
@@ -175,6 +215,7 @@ impl Task for Detector {
     fn detached(&self) -> Result<Self> {
         Ok(Self {
             backbone: self.backbone.detached(),
+            blocks: self.blocks.clone(),
             head: self.head.detached(),
             params: self.params.clone(),
             frozen: self.frozen,

@@ -195,16 +195,21 @@ fn every_mode_reaches_every_parameter_it_trains() {
     let data = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 4, 64, 64);
     let set = detect::data::load(&ann).unwrap();
-    for (mode, block) in [
-        (Freeze::Frozen, None),
-        (Freeze::Full, None),
-        (Freeze::Partial(2), None),
-        (Freeze::Full, Some(1)),
-        (Freeze::Partial(1), Some(1)),
-        (Freeze::Partial(2), Some(1)),
+    // (mode, one block read, several blocks read, tower depth)
+    for (mode, block, blocks, tower) in [
+        (Freeze::Frozen, None, vec![], 1),
+        (Freeze::Full, None, vec![], 1),
+        (Freeze::Partial(2), None, vec![], 1),
+        (Freeze::Full, Some(1), vec![], 1),
+        (Freeze::Partial(1), Some(1), vec![], 1),
+        (Freeze::Partial(2), Some(1), vec![], 1),
+        (Freeze::Full, None, vec![1, 0], 2),
+        (Freeze::Frozen, None, vec![0, 2], 3),
     ] {
         let mut cfg = config(ann.clone(), mode);
         cfg.model.feature_block = block;
+        cfg.model.feature_blocks = blocks.clone();
+        cfg.model.tower = tower;
         let detector = detect::detector::Detector::new(
             &cfg.train,
             &cfg.model,
@@ -216,17 +221,40 @@ fn every_mode_reaches_every_parameter_it_trains() {
         .unwrap();
         let examples = detector.examples(set.clone(), &cfg.input).unwrap();
         let c = downstream_core::grad::check_task(&detector, &examples, 4)
-            .unwrap_or_else(|e| panic!("{mode}, block {block:?}: {e:#}"));
+            .unwrap_or_else(|e| panic!("{mode}, block {block:?}, blocks {blocks:?}: {e:#}"));
         assert_eq!(c.ok.len(), detector.params.trainable().count());
-        // Nothing above the block read is loaded.
-        if block == Some(1) {
-            assert!(detector
-                .params
+        let names: Vec<&str> = detector.params.iter().map(|p| p.name.as_str()).collect();
+        // Nothing above the deepest block read is loaded.
+        if block == Some(1) || blocks == [1, 0] {
+            assert!(names
                 .iter()
-                .all(|p| !p.name.starts_with("encoder.layer.2.")
-                    && !p.name.starts_with("layernorm.")));
+                .all(|n| !n.starts_with("encoder.layer.2.") && !n.starts_with("layernorm.")));
         }
+        // Each block read gets a norm of its own, and the tower is as deep as asked.
+        let norms = names.iter().filter(|n| n.starts_with("head.in")).count();
+        assert_eq!(
+            norms,
+            if blocks.len() > 1 {
+                2 * blocks.len()
+            } else {
+                0
+            }
+        );
+        let convs = names
+            .iter()
+            .filter(|n| {
+                n.starts_with("head.tower") && n.ends_with(".weight") && !n.contains("norm")
+            })
+            .count();
+        assert_eq!(convs, tower);
     }
+    let both = detect::detector::ModelConfig {
+        feature_block: Some(1),
+        feature_blocks: vec![0, 1],
+        ..Default::default()
+    };
+    let err = both.blocks().unwrap_err().to_string();
+    assert!(err.contains("feature_block"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! Geometric augmentations of a square model input, applied alike to its pixels and to its
-//! target: boxes (clipped, dropped when too little is left) or a class mask (nearest
-//! neighbour, so labels are never blended). A flip both ways, and a zoom: a window of the input
-//! scaled back to the full size (in, a crop; out, the input shrunk with padding around it).
+//! Augmentations of a square model input. The geometric ones apply alike to its pixels and to
+//! its target: boxes (clipped, dropped when too little is left) or a class mask (nearest
+//! neighbour, so labels are never blended). A flip both ways, a quarter turn (aerial and
+//! microscope images have no "up"), and a zoom: a window of the input scaled back to the full
+//! size (in, a crop; out, the input shrunk with padding around it). Colour jitter (brightness,
+//! contrast, saturation) changes the pixels only.
 //!
 //! An augmentation is drawn from the example's view (see [`crate::train::rng::view`]), so the
 //! same view always gives the same input and target, and cached features stay valid.
@@ -24,6 +26,11 @@ pub struct AugmentPolicy {
     pub flip_vertical: bool,
     /// Zoom by a factor drawn log-uniformly from this range (1: none), about a random point.
     pub zoom: (f64, f64),
+    /// Turn by 0, 1, 2 or 3 quarter turns, each equally likely.
+    pub rotate90: bool,
+    /// Scale brightness, contrast and saturation each by a factor drawn uniformly from
+    /// `1 - colour ..= 1 + colour` (0: none).
+    pub colour: f64,
 }
 
 impl Default for AugmentPolicy {
@@ -32,6 +39,8 @@ impl Default for AugmentPolicy {
             flip_horizontal: true,
             flip_vertical: false,
             zoom: (1.0, 1.0),
+            rotate90: false,
+            colour: 0.0,
         }
     }
 }
@@ -45,6 +54,10 @@ pub struct Augment {
     pub zoom: f64,
     /// The window's top-left corner as a fraction of the room it has to move in.
     pub at: (f64, f64),
+    /// Clockwise quarter turns, 0 to 3, after the flips.
+    pub quarter_turns: u8,
+    /// Brightness, contrast and saturation factors (1: unchanged).
+    pub colour: [f32; 3],
 }
 
 impl Augment {
@@ -54,6 +67,8 @@ impl Augment {
         flip_vertical: false,
         zoom: 1.0,
         at: (0.0, 0.0),
+        quarter_turns: 0,
+        colour: [1.0; 3],
     };
 
     /// The augmentation of `view` under `policy`: view 0 is always the identity.
@@ -68,11 +83,29 @@ impl Augment {
         } else {
             lo
         };
+        let flip_horizontal = policy.flip_horizontal && rng.random::<bool>();
+        let flip_vertical = policy.flip_vertical && rng.random::<bool>();
+        let at = (rng.random(), rng.random());
+        // Drawn after the older choices, so that a policy without them draws the same views
+        // as before they existed.
+        let quarter_turns = if policy.rotate90 {
+            rng.random_range(0..4u8)
+        } else {
+            0
+        };
+        let c = policy.colour.clamp(0.0, 1.0) as f32;
+        let colour = if c > 0.0 {
+            [(); 3].map(|_| rng.random_range(1.0 - c..=1.0 + c))
+        } else {
+            [1.0; 3]
+        };
         Self {
-            flip_horizontal: policy.flip_horizontal && rng.random::<bool>(),
-            flip_vertical: policy.flip_vertical && rng.random::<bool>(),
+            flip_horizontal,
+            flip_vertical,
             zoom,
-            at: (rng.random(), rng.random()),
+            at,
+            quarter_turns,
+            colour,
         }
     }
 
@@ -134,12 +167,43 @@ impl Augment {
         if self.flip_vertical {
             imageops::flip_vertical_in_place(&mut image);
         }
+        match self.quarter_turns % 4 {
+            1 => imageops::rotate90(&image),
+            2 => {
+                imageops::rotate180_in_place(&mut image);
+                image
+            }
+            3 => imageops::rotate270(&image),
+            _ => image,
+        }
+    }
+
+    /// Brightness scales every channel, contrast pulls each pixel towards (or away from) the
+    /// image's mean grey, saturation towards (or away from) the pixel's own grey.
+    fn coloured(&self, mut image: RgbImage) -> RgbImage {
+        let [b, c, s] = self.colour;
+        if self.colour == [1.0; 3] {
+            return image;
+        }
+        let grey = |p: &[f32; 3]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+        let n = (image.width() * image.height()).max(1) as f32;
+        let mean = image
+            .pixels()
+            .map(|p| grey(&p.0.map(|v| v as f32)) * b)
+            .sum::<f32>()
+            / n;
+        for p in image.pixels_mut() {
+            let v = p.0.map(|v| v as f32 * b);
+            let v = v.map(|x| mean + (x - mean) * c);
+            let g = grey(&v);
+            p.0 = v.map(|x| (g + (x - g) * s).round().clamp(0.0, 255.0) as u8);
+        }
         image
     }
 
     /// The augmented input (square); uncovered pixels take the padding colour.
     pub fn image(&self, image: &RgbImage) -> RgbImage {
-        self.flipped(self.zoomed(image, pad_colour(), FilterType::Triangle))
+        self.coloured(self.flipped(self.zoomed(image, pad_colour(), FilterType::Triangle)))
     }
 
     /// The augmented class mask (square); uncovered pixels take `fill` (the ignore index).
@@ -169,6 +233,10 @@ impl Augment {
         }
         if self.flip_vertical {
             t = [t[0], s - t[3], t[2], s - t[1]];
+        }
+        // A clockwise quarter turn of a side-s square takes (x, y) to (s - y, x).
+        for _ in 0..self.quarter_turns % 4 {
+            t = [s - t[3], t[0], s - t[1], t[2]];
         }
         Some(t.map(|v| v as f32))
     }
@@ -208,11 +276,18 @@ mod tests {
             flip_horizontal: true,
             flip_vertical: true,
             zoom: (0.7, 1.6),
+            rotate90: true,
+            colour: 0.3,
         };
         let mut kinds = std::collections::HashSet::new();
         for view in 1..40 {
             let a = Augment::draw(&policy, view);
-            kinds.insert((a.flip_horizontal, a.flip_vertical, a.zoom > 1.0));
+            kinds.insert((
+                a.flip_horizontal,
+                a.flip_vertical,
+                a.zoom > 1.0,
+                a.quarter_turns,
+            ));
             let m = a.mask(&mask, 255);
             assert!(
                 m.pixels().all(|p| [0, 1, 2, 255].contains(&p.0[0])),
@@ -242,11 +317,45 @@ mod tests {
             }
         }
         assert!(
-            kinds.len() >= 6,
+            kinds.len() >= 12,
             "too few kinds of augmentation drawn: {kinds:?}"
         );
         assert_eq!(Augment::draw(&policy, 0), Augment::IDENTITY);
         assert_eq!(Augment::draw(&policy, 7), Augment::draw(&policy, 7));
+    }
+
+    #[test]
+    fn quarter_turns_compose_and_colour_leaves_masks_alone() {
+        let img = RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 16, y as u8 * 16, 90]));
+        let turn = |k| Augment {
+            quarter_turns: k,
+            ..Augment::IDENTITY
+        };
+        // Clockwise: the top-left corner goes to the top-right.
+        assert_eq!(turn(1).image(&img).get_pixel(15, 0), img.get_pixel(0, 0));
+        assert_eq!(
+            turn(1).boxed([1.0, 2.0, 5.0, 4.0], 16, 0.5),
+            Some([12.0, 1.0, 14.0, 5.0])
+        );
+        let twice = turn(1).image(&turn(1).image(&img));
+        assert_eq!(twice, turn(2).image(&img));
+        assert_eq!(turn(3).image(&turn(1).image(&img)), img);
+        let grey_out = Augment {
+            colour: [1.0, 1.0, 0.0],
+            ..Augment::IDENTITY
+        }
+        .image(&img);
+        assert!(grey_out
+            .pixels()
+            .all(|p| p.0[0].abs_diff(p.0[1]) <= 1 && p.0[1].abs_diff(p.0[2]) <= 1));
+        let mean = |im: &RgbImage| im.pixels().map(|p| p.0[1] as f64).sum::<f64>() / 256.0;
+        let brighter = Augment {
+            colour: [1.3, 1.0, 1.0],
+            ..Augment::IDENTITY
+        };
+        assert!(mean(&brighter.image(&img)) > mean(&img) * 1.2);
+        let mask = GrayImage::from_fn(16, 16, |x, _| Luma([x as u8 % 3]));
+        assert_eq!(brighter.mask(&mask, 255), mask);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! from its single p-stride map are enough. FCOS was chosen over CenterNet because it assigns
 //! each box to the pyramid level that suits its size, so small and large objects on the same
 //! image (defects, tree crowns) are all found, and it needs no anchor tuning per data set.
+//!
+//! Reading several blocks, the head layer-norms each block's features before they are
+//! concatenated: the residual stream grows with depth, and unnormalised the deepest block
+//! would drown the others.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -31,9 +35,11 @@ pub struct HeadOutput {
 }
 
 pub struct DetectionHead {
+    /// One norm per block read, when the head reads more than one.
+    inputs: Vec<LayerNorm>,
     levels: [Level; 3],
-    tower: Conv3x3,
-    tower_norm: LayerNorm,
+    /// 3x3 convolutions, each followed by a norm, shared by all levels.
+    tower: Vec<(Conv3x3, LayerNorm)>,
     cls: Linear,
     reg: Linear,
     ctr: Linear,
@@ -51,9 +57,13 @@ impl Detach for Level {
 impl Detach for DetectionHead {
     fn detached(&self) -> Self {
         Self {
+            inputs: self.inputs.iter().map(Detach::detached).collect(),
             levels: self.levels.detached(),
-            tower: self.tower.detached(),
-            tower_norm: self.tower_norm.detached(),
+            tower: self
+                .tower
+                .iter()
+                .map(|(c, n)| (c.detached(), n.detached()))
+                .collect(),
             cls: self.cls.detached(),
             reg: self.reg.detached(),
             ctr: self.ctr.detached(),
@@ -62,11 +72,15 @@ impl Detach for DetectionHead {
 }
 
 impl DetectionHead {
-    /// New randomly initialised parameters in `store` (at the top depth), from `seed`.
+    /// New randomly initialised parameters in `store` (at the top depth), from `seed`, for
+    /// `blocks` concatenated maps of `block_dim` channels each, with `tower` convolutions.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &mut ParamStore,
-        in_dim: usize,
+        block_dim: usize,
+        blocks: usize,
         width: usize,
+        tower: usize,
         classes: usize,
         seed: u64,
         device: &Device,
@@ -79,6 +93,14 @@ impl DetectionHead {
             depth,
             device: device.clone(),
         };
+        let in_dim = block_dim * blocks;
+        let inputs = if blocks > 1 {
+            (0..blocks)
+                .map(|i| init.layer_norm(&format!("head.in{i}.norm"), block_dim, 1e-6))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let mut level = |name: &str, proj_in: usize, proj_out: usize| -> Result<Level> {
             Ok(Level {
                 proj: init.linear(&format!("head.{name}.proj"), proj_in, proj_out)?,
@@ -90,8 +112,20 @@ impl DetectionHead {
             level("p4", in_dim, width)?,
             level("p5", 4 * in_dim, width)?,
         ];
-        let tower = init.conv3x3("head.tower", width, width)?;
-        let tower_norm = init.layer_norm("head.tower_norm", width, 1e-6)?;
+        // The first keeps the name it had when the tower was one convolution, so that older
+        // checkpoints load.
+        let tower = (0..tower.max(1))
+            .map(|i| {
+                let name = match i {
+                    0 => "head.tower".to_string(),
+                    i => format!("head.tower{i}"),
+                };
+                Ok((
+                    init.conv3x3(&name, width, width)?,
+                    init.layer_norm(&format!("{name}_norm"), width, 1e-6)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Every class starts at probability 0.01 so that the many background locations do
         // not swamp the first steps (FCOS, RetinaNet).
         let prior = -((1.0f64 - 0.01) / 0.01).ln() as f32;
@@ -99,17 +133,32 @@ impl DetectionHead {
         let reg = init.linear("head.reg", width, 4)?;
         let ctr = init.linear("head.ctr", width, 1)?;
         Ok(Self {
+            inputs,
             levels,
             tower,
-            tower_norm,
             cls,
             reg,
             ctr,
         })
     }
 
-    /// `features` is the backbone's patch map, channels-last `[B, h, w, D]` (h, w even).
+    /// `features` is the backbone's patch map, channels-last `[B, h, w, D]` (h, w even); with
+    /// several blocks, their maps concatenated along `D`.
     pub fn forward(&self, features: &Tensor) -> candle_core::Result<HeadOutput> {
+        let normed;
+        let features = if self.inputs.is_empty() {
+            features
+        } else {
+            let d = features.dim(3)? / self.inputs.len();
+            let parts = self
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, norm)| norm.forward(&features.narrow(3, i * d, d)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            normed = Tensor::cat(&parts, 3)?;
+            &normed
+        };
         let [p3, p4, p5] = &self.levels;
         let maps = [
             pixel_shuffle2(&p3.proj.forward(features)?)?,
@@ -120,10 +169,13 @@ impl DetectionHead {
         let mut reg = Vec::with_capacity(3);
         let mut ctr = Vec::with_capacity(3);
         for (level, x) in [p3, p4, p5].iter().zip(maps) {
-            // One 3x3 convolution shared by all levels: the ViT features already carry global
-            // context, and on a CPU the convolutions dominate the head's cost.
-            let x = ops::gelu(&level.norm.forward(&x)?)?;
-            let x = ops::gelu(&self.tower_norm.forward(&self.tower.forward(&x)?)?)?;
+            // The tower is shared by all levels and short by default (one convolution): the ViT
+            // features already carry global context, and on a CPU the convolutions dominate
+            // the head's cost. A frozen backbone leaves more to the head, hence `tower`.
+            let mut x = ops::gelu(&level.norm.forward(&x)?)?;
+            for (conv, norm) in &self.tower {
+                x = ops::gelu(&norm.forward(&conv.forward(&x)?)?)?;
+            }
             let (b, h, w, c) = x.dims4()?;
             let x = x.reshape((b, h * w, c))?;
             cls.push(self.cls.forward(&x)?);
