@@ -35,6 +35,32 @@ struct InputArgs {
     /// Tile large images into squares of this many pixels at native scale.
     #[arg(long)]
     tile: Option<usize>,
+    /// Also flip training views upside down (aerial, microscope images).
+    #[arg(long)]
+    flip_vertical: bool,
+    /// Also turn training views by quarter turns.
+    #[arg(long)]
+    rotate90: bool,
+    /// Colour jitter: brightness, contrast and saturation scaled by up to 1 +- this.
+    #[arg(long, value_name = "AMOUNT")]
+    colour: Option<f64>,
+    /// Augmented views per example kept in the feature cache (frozen backbone).
+    #[arg(long)]
+    views: Option<usize>,
+}
+
+/// The detector's shape, beyond what the configuration file says.
+#[derive(Args, Clone, Debug, Default)]
+struct ModelArgs {
+    /// Backbone blocks whose outputs the head reads, e.g. 5,8,11 (zero-based).
+    #[arg(long, value_delimiter = ',', value_name = "BLOCKS")]
+    feature_blocks: Vec<usize>,
+    /// Channels of the pyramid and head.
+    #[arg(long)]
+    width: Option<usize>,
+    /// 3x3 convolutions in the head's tower.
+    #[arg(long)]
+    tower: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +74,8 @@ enum Command {
         data: DataArgs,
         #[command(flatten, next_help_heading = "Input")]
         input: InputArgs,
+        #[command(flatten, next_help_heading = "Model")]
+        model: ModelArgs,
         #[command(flatten, next_help_heading = "Training")]
         train: Box<TrainArgs>,
         #[command(flatten, next_help_heading = "Run")]
@@ -89,6 +117,7 @@ enum Command {
 fn train_config(
     data: &DataArgs,
     input: &InputArgs,
+    model: &ModelArgs,
     train: &TrainArgs,
     run: &RunArgs,
     dir: &Path,
@@ -100,6 +129,25 @@ fn train_config(
         }
         if input.tile.is_some() {
             cfg.input.tile = input.tile;
+        }
+        let augment = &mut cfg.input.augment;
+        augment.flip_vertical |= input.flip_vertical;
+        augment.rotate90 |= input.rotate90;
+        if let Some(c) = input.colour {
+            augment.colour = c;
+        }
+        if let Some(v) = input.views {
+            cfg.input.views = v;
+        }
+        if !model.feature_blocks.is_empty() {
+            cfg.model.feature_blocks = model.feature_blocks.clone();
+            cfg.model.feature_block = None;
+        }
+        if let Some(w) = model.width {
+            cfg.model.width = w;
+        }
+        if let Some(t) = model.tower {
+            cfg.model.tower = t;
         }
     })
 }
@@ -152,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Train {
         data: DataArgs::default(),
         input: InputArgs::default(),
+        model: ModelArgs::default(),
         train: Box::default(),
         run: RunArgs::demo(),
     });
@@ -159,11 +208,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train {
             data,
             input,
+            model,
             train,
             run,
         } => {
             let dir = run.dir("detect");
-            let cfg = train_config(&data, &input, &train, &run, &dir)?;
+            let cfg = train_config(&data, &input, &model, &train, &run, &dir)?;
             let opts = RunOptions {
                 resume: run.resume,
                 ..RunOptions::new(&dir)

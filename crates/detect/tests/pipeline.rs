@@ -7,8 +7,8 @@ use std::process::Command;
 
 use detect::data::coco;
 use detect::pipeline::{self, DetectConfig};
-use downstream_core::train::config::DataConfig;
 use downstream_core::train::config::TrainConfig;
+use downstream_core::train::config::{DataConfig, RunConfig};
 use downstream_core::train::trainer::RunOptions;
 use downstream_core::Freeze;
 use serde_json::json;
@@ -352,6 +352,47 @@ fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
         "the second run wrote into the folder"
     );
     assert!(!run_dir.join("config.toml").exists());
+}
+
+#[test]
+fn model_and_augmentation_flags_reach_the_saved_configuration() {
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let out = train_command(&ann, runs.path(), "flags", "1")
+        .args([
+            "--mode",
+            "frozen",
+            "--feature-blocks",
+            "2,0",
+            "--width",
+            "16",
+        ])
+        .args([
+            "--tower",
+            "2",
+            "--flip-vertical",
+            "--rotate90",
+            "--colour",
+            "0.2",
+        ])
+        .args(["--views", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
+    assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
+    assert_eq!((cfg.model.width, cfg.model.tower), (16, 2));
+    let a = &cfg.input.augment;
+    assert!(a.flip_horizontal && a.flip_vertical && a.rotate90);
+    assert_eq!((a.colour, cfg.input.views), (0.2, 5));
+    let (_, detector) =
+        pipeline::load_run(&runs.path().join("detect/flags"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(detector.blocks, vec![0, 2]);
 }
 
 /// The `detect train` command on the rectangles set with the tiny backbone, into `runs/NAME`.

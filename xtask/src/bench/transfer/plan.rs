@@ -174,8 +174,9 @@ pub fn full() -> Vec<TaskPlan> {
             eval_every: 25,
             val_limit: None,
             metrics: vec![AP, AP50],
-            // The README's DeepForest recipe: block-8 features, 224 pixels.
-            common: strings(&["--config", "crates/detect/configs/deepforest.toml"]),
+            // The recipe of the study's first run (block-8 features, the narrow head, 224 pixels),
+            // pinned in a file of its own so that a resumed study stays on it.
+            common: strings(&["--config", "crates/detect/configs/deepforest-block8.toml"]),
         },
         TaskPlan {
             task: "segment",
@@ -293,7 +294,7 @@ mod tests {
         };
         let a = detect.args(&cell).join(" ");
         for want in [
-            "train --config crates/detect/configs/deepforest.toml",
+            "train --config crates/detect/configs/deepforest-block8.toml",
             "--backbone scratch:dinov2-s14 --mode full --backbone-lr-scale 0.25",
             "--train-limit 11 --steps 200 --batch 8 --seed 1",
         ] {
