@@ -365,12 +365,30 @@ fn shipped_configs_parse_and_validate() {
             cfg.train
                 .validate()
                 .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            cfg.model
+                .blocks()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             seen += 1;
         }
     }
     assert!(seen >= 1, "no configs in {}", dir.display());
-    let df = detect::pipeline::DetectConfig::load(&dir.join("deepforest.toml")).unwrap();
-    assert_eq!(df.model.feature_block, Some(8));
+    let load = |name: &str| detect::pipeline::DetectConfig::load(&dir.join(name)).unwrap();
+    // The first recipe, which the README's first table and the transfer study reproduce.
+    let first = load("deepforest-block8.toml");
+    assert_eq!(first.model.feature_block, Some(8));
+    assert_eq!((first.model.width, first.model.tower), (96, 1));
+    // The recommended recipe and its frozen variant: the last rows of the ablation tables.
+    let df = load("deepforest.toml");
+    let frozen = load("deepforest-frozen.toml");
+    for cfg in [&df, &frozen] {
+        assert_eq!(cfg.model.blocks().unwrap().0, vec![5, 8, 11]);
+        assert_eq!((cfg.model.width, cfg.model.tower), (192, 3));
+        assert!(cfg.input.augment.flip_horizontal && cfg.input.augment.flip_vertical);
+    }
+    assert_eq!(df.train.mode, downstream_core::Freeze::Full);
+    assert!(df.input.augment.rotate90);
+    assert_eq!(frozen.train.mode, downstream_core::Freeze::Frozen);
+    assert_eq!(frozen.input.views, 4);
     assert_eq!((df.train.epochs, df.train.batch), (40, 8));
     // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
     let defaults = detect::pipeline::DetectConfig::default();
