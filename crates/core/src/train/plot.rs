@@ -3,8 +3,8 @@
 //! logged) and `metrics.png` (the few validation metrics the task names, not every one it
 //! reports, so the lines stay apart and readable). And [`line_chart`], the same drawing for
 //! measurements against any x (a study's metric against training-set size), with the spread
-//! of repeated measurements as bars. Text comes from an embedded font, so plots work on
-//! machines with no fonts installed.
+//! of repeated measurements as bars. The legend goes to the corner the lines cross least.
+//! Text comes from an embedded font, so plots work on machines with no fonts installed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -353,13 +353,7 @@ fn draw_chart(
     if !empty {
         chart
             .configure_series_labels()
-            // A study's lines rise to the right (more data, better scores): the legend goes
-            // where they start low.
-            .position(if axes.log_x {
-                SeriesLabelPosition::UpperLeft
-            } else {
-                SeriesLabelPosition::UpperRight
-            })
+            .position(legend_corner(series, (x0, x1), (y0, y1), axes.log_x))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .label_font(("sans-serif", 14))
@@ -367,6 +361,75 @@ fn draw_chart(
     }
     root.present()?;
     Ok(())
+}
+
+/// The corner of the plot whose legend-sized patch the lines cross least. Lines are sampled
+/// along each segment, not only at their points, since a legend hides a line as well as a
+/// marker. Ties go to the usual corner: upper right for a run's curves, upper left for a
+/// study's (more data, better scores: its lines tend to start low).
+fn legend_corner(
+    series: &[Series],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    log_x: bool,
+) -> SeriesLabelPosition {
+    use SeriesLabelPosition::{LowerLeft, LowerRight, UpperLeft, UpperRight};
+    // The legend's share of the plot area: about 120 pixels wide, 20 a label high, in a
+    // plot area of about 780 by 380 pixels.
+    let labelled = series.iter().filter(|s| !s.points.is_empty()).count();
+    let patch_w = 0.16;
+    let patch_h = (16.0 + 20.0 * labelled as f64) / 380.0;
+    let norm = |(x, y): (f64, f64)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
+    let mut samples = Vec::new();
+    for s in series {
+        for w in s.points.windows(2) {
+            for k in 0..=16 {
+                let t = k as f64 / 16.0;
+                let (a, b) = (w[0], w[1]);
+                samples.push(norm((a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t)));
+            }
+        }
+        samples.extend(s.points.iter().map(|&p| norm(p)));
+        samples.extend(
+            s.spread
+                .iter()
+                .flat_map(|&(x, lo, hi)| [norm((x, lo)), norm((x, hi))]),
+        );
+    }
+    let order = if log_x {
+        [UpperLeft, UpperRight, LowerRight, LowerLeft]
+    } else {
+        [UpperRight, UpperLeft, LowerRight, LowerLeft]
+    };
+    let hidden = |corner: &SeriesLabelPosition| {
+        let (right, top) = match corner {
+            UpperLeft => (false, true),
+            UpperRight => (true, true),
+            LowerLeft => (false, false),
+            _ => (true, false),
+        };
+        samples
+            .iter()
+            .filter(|&&(x, y)| {
+                let in_x = if right {
+                    x >= 1.0 - patch_w
+                } else {
+                    x <= patch_w
+                };
+                let in_y = if top {
+                    y >= 1.0 - patch_h
+                } else {
+                    y <= patch_h
+                };
+                in_x && in_y
+            })
+            .count()
+    };
+    // `min_by_key` keeps the first of equals, so the order above breaks ties.
+    order
+        .into_iter()
+        .min_by_key(|c| hidden(c))
+        .unwrap_or(UpperRight)
 }
 
 /// The data range, widened so that a single value or a constant series still gets a
@@ -550,6 +613,33 @@ mod tests {
             img.pixels().filter(|p| p.0 == [c.0, c.1, c.2]).count()
         };
         assert!(count(PALETTE[1]) > without_bar + 10, "no spread bar drawn");
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        let series = |lines: &[[(f64, f64); 2]]| -> Vec<Series> {
+            lines
+                .iter()
+                .map(|pts| Series {
+                    label: String::new(),
+                    points: pts.to_vec(),
+                    color: PALETTE[0],
+                    width: 1,
+                    markers: true,
+                    spread: Vec::new(),
+                })
+                .collect()
+        };
+        let at = |s: &[Series]| legend_corner(s, (0.0, 1.0), (0.0, 1.0), true);
+        // Rising lines leave the upper left free.
+        let rising = series(&[[(0.0, 0.1), (1.0, 0.9)], [(0.0, 0.0), (1.0, 0.6)]]);
+        assert!(matches!(at(&rising), SeriesLabelPosition::UpperLeft));
+        // A line falling from the upper left, one low along the bottom: the upper right.
+        let falling = series(&[[(0.0, 1.0), (1.0, 0.7)], [(0.0, 0.05), (1.0, 0.0)]]);
+        assert!(matches!(at(&falling), SeriesLabelPosition::UpperRight));
+        // Lines through both upper corners: a lower one.
+        let high = series(&[[(0.0, 0.95), (1.0, 0.95)], [(0.0, 0.02), (1.0, 0.5)]]);
+        assert!(matches!(at(&high), SeriesLabelPosition::LowerRight));
     }
 
     #[test]
