@@ -359,31 +359,25 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     let data = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 8, 64, 64);
-    let out = train_command(&ann, runs.path(), "flags", "1")
-        .args([
-            "--mode",
-            "frozen",
-            "--feature-blocks",
-            "2,0",
-            "--width",
-            "16",
-        ])
-        .args([
-            "--tower",
-            "2",
-            "--flip-vertical",
-            "--rotate90",
-            "--colour",
-            "0.2",
-        ])
-        .args(["--views", "5"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = train_command(&ann, runs.path(), "flags", "1");
+    cmd.args([
+        "--mode",
+        "frozen",
+        "--feature-blocks",
+        "2,0",
+        "--width",
+        "16",
+    ])
+    .args([
+        "--tower",
+        "2",
+        "--flip-vertical",
+        "--rotate90",
+        "--colour",
+        "0.2",
+    ])
+    .args(["--views", "5"]);
+    succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
     assert_eq!((cfg.model.width, cfg.model.tower), (16, 2));
@@ -410,13 +404,19 @@ fn train_command(ann: &Path, runs: &Path, name: &str, epochs: &str) -> Command {
 /// the annotations and the run folder.
 fn one_epoch_run(data: &Path, runs: &Path, name: &str) -> (PathBuf, PathBuf) {
     let ann = rectangles(data, 8, 64, 64);
-    let out = train_command(&ann, runs, name, "1").output().unwrap();
+    succeeded(&mut train_command(&ann, runs, name, "1"));
+    (ann, runs.join("detect").join(name))
+}
+
+/// Runs `cmd`, asserting that it succeeds (showing its errors if not); its output.
+fn succeeded(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (ann, runs.join("detect").join(name))
+    out
 }
 
 #[cfg(target_os = "linux")]
@@ -570,15 +570,10 @@ fn the_eval_and_predict_commands_use_a_trained_run() {
     cfg.train.epochs = 1;
     pipeline::train(&cfg, &quiet(&run_dir)).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
-        .args(["eval", "--json", "--run"])
-        .arg(&run_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeded(
+        Command::new(env!("CARGO_BIN_EXE_detect"))
+            .args(["eval", "--json", "--run"])
+            .arg(&run_dir),
     );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -587,19 +582,14 @@ fn the_eval_and_predict_commands_use_a_trained_run() {
     );
 
     let pred = runs.path().join("pred");
-    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
-        .args(["predict", "--run"])
-        .arg(&run_dir)
-        .arg("--out")
-        .arg(&pred)
-        .arg(data.path().join("img001.png"))
-        .arg(data.path().join("img004.png"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeded(
+        Command::new(env!("CARGO_BIN_EXE_detect"))
+            .args(["predict", "--run"])
+            .arg(&run_dir)
+            .arg("--out")
+            .arg(&pred)
+            .arg(data.path().join("img001.png"))
+            .arg(data.path().join("img004.png")),
     );
     assert!(pred.join("img001.png").is_file() && pred.join("img004.png").is_file());
     let results = coco::load_results(&pred.join("predictions.json")).unwrap();
