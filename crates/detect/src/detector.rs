@@ -16,7 +16,7 @@ use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::Geometry;
 use crate::model::head::DetectionHead;
 use crate::model::loss::fcos_loss;
-use crate::model::postprocess::{decode, BoxDet, PostProcess};
+use crate::model::postprocess::{decode, BoxDet, Flip, PostProcess};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -73,6 +73,9 @@ pub struct Detector {
     pub postprocess: PostProcess,
     /// Class index to category.
     pub categories: Vec<Category>,
+    /// Whether this is the engine's inference copy ([`Task::detached`]), which alone adds the
+    /// test-time flips: training never pays for them.
+    inference: bool,
 }
 
 impl Detector {
@@ -112,7 +115,17 @@ impl Detector {
             geometry,
             postprocess,
             categories,
+            inference: false,
         })
+    }
+
+    /// The extra views encoded at inference, after the unflipped one.
+    fn flips(&self) -> &[Flip] {
+        if self.inference {
+            &self.postprocess.tta
+        } else {
+            &[]
+        }
     }
 
     /// Category id to class index.
@@ -139,8 +152,9 @@ impl Detector {
         )
     }
 
-    fn head_input(features: &[&Features]) -> Result<Tensor> {
-        let maps: Vec<Tensor> = features.iter().map(|f| f[0].clone()).collect();
+    /// The batch's maps of view `view` (0: unflipped).
+    fn head_input(features: &[&Features], view: usize) -> Result<Tensor> {
+        let maps: Vec<Tensor> = features.iter().map(|f| f[view].clone()).collect();
         Ok(Tensor::stack(&maps, 0)?)
     }
 }
@@ -161,6 +175,13 @@ impl Task for Detector {
 
     fn encode(&self, inputs: &[Tensor]) -> Result<Vec<Features>> {
         let x = Tensor::stack(inputs, 0)?;
+        // Every view in one backbone pass: view v of example i is row v x n + i.
+        let n = inputs.len();
+        let mut views = vec![x.clone()];
+        for flip in self.flips() {
+            views.push(flip.apply(&x)?);
+        }
+        let x = Tensor::cat(&views, 0)?;
         // The backbone ends at the deepest block read, so its output is that block's.
         let out = self.backbone.forward(&x, &self.blocks)?;
         let map = match self.blocks.len() {
@@ -176,13 +197,17 @@ impl Task for Detector {
         };
         // Channels-last, as the head's matrix-product convolutions want it.
         let map = map.permute((0, 2, 3, 1))?;
-        (0..inputs.len())
-            .map(|i| Ok(vec![map.get(i)?.contiguous()?]))
+        (0..n)
+            .map(|i| {
+                (0..views.len())
+                    .map(|v| Ok(map.get(v * n + i)?.contiguous()?))
+                    .collect()
+            })
             .collect()
     }
 
     fn loss(&self, features: &[&Features], targets: &[&Target]) -> Result<Tensor> {
-        let out = self.head.forward(&Self::head_input(features)?)?;
+        let out = self.head.forward(&Self::head_input(features, 0)?)?;
         let assigned: Vec<&[_]> = targets.iter().map(|t| t.assigned.as_slice()).collect();
         fcos_loss(&out, &assigned, &self.geometry)
     }
@@ -193,8 +218,26 @@ impl Task for Detector {
     }
 
     fn predict(&self, features: &[&Features]) -> Result<Vec<Vec<BoxDet>>> {
-        let out = self.head.forward(&Self::head_input(features)?)?;
-        decode(&out, &self.geometry, &self.postprocess)
+        let out = self.head.forward(&Self::head_input(features, 0)?)?;
+        let mut boxes = decode(&out, &self.geometry, &self.postprocess)?;
+        // Each flipped view's boxes, flipped back, join the candidates; the metric's per-image
+        // suppression merges them with the unflipped view's.
+        let views = features.first().map_or(1, |f| f.len());
+        let size = self.geometry.size as f32;
+        for (v, flip) in self.flips().iter().enumerate().take(views - 1) {
+            let out = self.head.forward(&Self::head_input(features, v + 1)?)?;
+            for (dets, more) in
+                boxes
+                    .iter_mut()
+                    .zip(decode(&out, &self.geometry, &self.postprocess)?)
+            {
+                dets.extend(more.into_iter().map(|d| BoxDet {
+                    xyxy: flip.undo(d.xyxy, size),
+                    ..d
+                }));
+            }
+        }
+        Ok(boxes)
     }
 
     fn metric(&self) -> Result<CocoMetric> {
@@ -222,6 +265,7 @@ impl Task for Detector {
             geometry: self.geometry.clone(),
             postprocess: self.postprocess.clone(),
             categories: self.categories.clone(),
+            inference: true,
         })
     }
 }

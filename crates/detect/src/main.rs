@@ -63,6 +63,27 @@ struct ModelArgs {
     tower: Option<usize>,
 }
 
+/// Inference settings, beyond what the run's configuration says.
+#[derive(Args, Clone, Debug, Default)]
+struct PostArgs {
+    /// Also run on flipped copies of each input and merge the boxes (horizontal, vertical,
+    /// both; comma-separated): one backbone pass more per flip.
+    #[arg(long, value_delimiter = ',', value_name = "FLIPS")]
+    tta: Vec<detect::model::postprocess::Flip>,
+    /// Move each kept box to the score-weighted mean of the boxes it suppressed.
+    #[arg(long)]
+    box_voting: bool,
+}
+
+impl PostArgs {
+    fn apply(&self, pp: &mut detect::model::postprocess::PostProcess) {
+        if !self.tta.is_empty() {
+            pp.tta = self.tta.clone();
+        }
+        pp.box_voting |= self.box_voting;
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune a detector.
@@ -78,6 +99,8 @@ enum Command {
         model: ModelArgs,
         #[command(flatten, next_help_heading = "Training")]
         train: Box<TrainArgs>,
+        #[command(flatten, next_help_heading = "Inference")]
+        post: PostArgs,
         #[command(flatten, next_help_heading = "Run")]
         run: RunArgs,
     },
@@ -99,6 +122,8 @@ enum Command {
         /// Print one JSON object with the twelve statistics.
         #[arg(long)]
         json: bool,
+        #[command(flatten, next_help_heading = "Inference (with --run)")]
+        post: PostArgs,
     },
     /// Fetch and convert a named data set (deepforest) into datasets/cache/.
     Fetch { name: String },
@@ -111,6 +136,8 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
         images: Vec<PathBuf>,
+        #[command(flatten, next_help_heading = "Inference")]
+        post: PostArgs,
     },
 }
 
@@ -119,11 +146,13 @@ fn train_config(
     input: &InputArgs,
     model: &ModelArgs,
     train: &TrainArgs,
+    post: &PostArgs,
     run: &RunArgs,
     dir: &Path,
 ) -> Result<DetectConfig> {
     config::resolve(train, run, dir, |cfg: &mut DetectConfig| {
         data.apply(&mut cfg.data);
+        post.apply(&mut cfg.postprocess);
         if let Some(s) = input.size {
             cfg.input.size = s;
         }
@@ -202,6 +231,7 @@ fn run(cli: Cli) -> Result<()> {
         input: InputArgs::default(),
         model: ModelArgs::default(),
         train: Box::default(),
+        post: PostArgs::default(),
         run: RunArgs::demo(),
     });
     match command {
@@ -210,10 +240,11 @@ fn run(cli: Cli) -> Result<()> {
             input,
             model,
             train,
+            post,
             run,
         } => {
             let dir = run.dir("detect");
-            let cfg = train_config(&data, &input, &model, &train, &run, &dir)?;
+            let cfg = train_config(&data, &input, &model, &train, &post, &run, &dir)?;
             let opts = RunOptions {
                 resume: run.resume,
                 ..RunOptions::new(&dir)
@@ -238,10 +269,12 @@ fn run(cli: Cli) -> Result<()> {
             run: Some(dir),
             data,
             json,
+            post,
             ..
         } => {
             let device = Device::Cpu;
-            let (mut cfg, detector) = pipeline::load_run(&dir, &device)?;
+            let (mut cfg, mut detector) = pipeline::load_run(&dir, &device)?;
+            post.apply(&mut detector.postprocess);
             if data.is_some() {
                 cfg.data.train = data.clone();
                 cfg.data.val = data;
@@ -277,9 +310,15 @@ fn run(cli: Cli) -> Result<()> {
             let (train, val) = detect::data::deepforest::ensure()?;
             println!("{name}: {} and {}", train.display(), val.display());
         }
-        Command::Predict { run, out, images } => {
+        Command::Predict {
+            run,
+            out,
+            images,
+            post,
+        } => {
             let device = Device::Cpu;
-            let (cfg, detector) = pipeline::load_run(&run, &device)?;
+            let (cfg, mut detector) = pipeline::load_run(&run, &device)?;
+            post.apply(&mut detector.postprocess);
             let files = downstream_core::vision::io::image_files(&images)?;
             let out = out.unwrap_or_else(|| run.join("predict"));
             let results = pipeline::predict_files(&cfg, &detector, &files, &out)?;

@@ -16,7 +16,7 @@ use super::coco_eval::{self, CocoStats, STAT_NAMES};
 use crate::data::coco::Detection;
 use crate::data::{Category, DetectionSet};
 use crate::dataset::{ImageTruth, Target};
-use crate::model::postprocess::{nms, BoxDet, PostProcess};
+use crate::model::postprocess::{suppress, BoxDet, PostProcess};
 
 /// Detections of a whole data set, gathered per image.
 pub struct Collector {
@@ -56,7 +56,7 @@ impl Collector {
         let pp = &self.postprocess;
         let mut out = Vec::new();
         for (image_id, dets) in self.per_image {
-            for d in nms(dets, pp.nms_iou, pp.max_detections) {
+            for d in suppress(dets, pp) {
                 let [x0, y0, x1, y1] = d.xyxy.map(|v| v as f64);
                 out.push(Detection {
                     image_id,

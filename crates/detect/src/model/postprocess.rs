@@ -1,5 +1,11 @@
 //! From head outputs to boxes: score = sqrt(class probability x centre-ness), the best
 //! candidates per level, then class-wise non-maximum suppression.
+//!
+//! Two options serve small, crowded objects whose boxes come out loose. Box voting replaces
+//! each kept box by the score-weighted mean of the candidates it suppressed: neighbouring
+//! locations each see a slightly different part of the object, and their average sits closer
+//! to it than the single best. Test-time flips run the backbone and head on flipped copies of
+//! the input too; their boxes, flipped back, join the candidates before the final merge.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
@@ -29,6 +35,68 @@ pub struct PostProcess {
     pub max_detections: usize,
     /// Only boxes at least this confident are drawn on prediction images (all are saved).
     pub draw_threshold: f32,
+    /// Each kept box becomes the score-weighted mean of the boxes it suppressed.
+    pub box_voting: bool,
+    /// Flipped views added at inference (validation, `eval`, `predict`), never in training.
+    pub tta: Vec<Flip>,
+}
+
+/// A flip of the square model input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flip {
+    /// Left to right.
+    Horizontal,
+    /// Upside down.
+    Vertical,
+    /// Both: a half turn.
+    Both,
+}
+
+impl Flip {
+    fn mirrors(self) -> (bool, bool) {
+        match self {
+            Flip::Horizontal => (true, false),
+            Flip::Vertical => (false, true),
+            Flip::Both => (true, true),
+        }
+    }
+
+    /// The flipped copy of a batch of images `(B, C, H, W)`.
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (h, v) = self.mirrors();
+        let mut x = x.clone();
+        for (on, dim) in [(h, 3), (v, 2)] {
+            if on {
+                let n = x.dim(dim)?;
+                let rev: Vec<u32> = (0..n as u32).rev().collect();
+                x = x.index_select(&Tensor::new(rev.as_slice(), x.device())?, dim)?;
+            }
+        }
+        Ok(x)
+    }
+
+    /// A box found on the flipped input of side `size`, in the unflipped input's pixels.
+    pub fn undo(self, [x0, y0, x1, y1]: [f32; 4], size: f32) -> [f32; 4] {
+        let (h, v) = self.mirrors();
+        let (x0, x1) = if h { (size - x1, size - x0) } else { (x0, x1) };
+        let (y0, y1) = if v { (size - y1, size - y0) } else { (y0, y1) };
+        [x0, y0, x1, y1]
+    }
+}
+
+impl std::str::FromStr for Flip {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "horizontal" | "h" => Ok(Flip::Horizontal),
+            "vertical" | "v" => Ok(Flip::Vertical),
+            "both" | "hv" => Ok(Flip::Both),
+            _ => Err(format!(
+                "unknown flip `{s}`: horizontal (h), vertical (v) or both (hv)"
+            )),
+        }
+    }
 }
 
 impl Default for PostProcess {
@@ -39,6 +107,8 @@ impl Default for PostProcess {
             nms_iou: 0.6,
             max_detections: 100,
             draw_threshold: 0.5,
+            box_voting: false,
+            tta: Vec::new(),
         }
     }
 }
@@ -71,6 +141,33 @@ pub fn nms(mut dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
         }
     }
     kept
+}
+
+/// Non-maximum suppression as `pp` sets it: with box voting, each kept box moves to the
+/// score-weighted mean of every candidate of its class overlapping it by more than the
+/// suppression threshold (itself included); scores stay.
+pub fn suppress(dets: Vec<BoxDet>, pp: &PostProcess) -> Vec<BoxDet> {
+    if !pp.box_voting {
+        return nms(dets, pp.nms_iou, pp.max_detections);
+    }
+    let kept = nms(dets.clone(), pp.nms_iou, pp.max_detections);
+    kept.into_iter()
+        .map(|k| {
+            let (mut sum, mut weight) = ([0f32; 4], 0f32);
+            for d in &dets {
+                if d.class == k.class && iou(&k.xyxy, &d.xyxy) > pp.nms_iou {
+                    for (s, v) in sum.iter_mut().zip(d.xyxy) {
+                        *s += d.score * v;
+                    }
+                    weight += d.score;
+                }
+            }
+            BoxDet {
+                xyxy: sum.map(|s| s / weight),
+                ..k
+            }
+        })
+        .collect()
 }
 
 /// Boxes for every image of a batch, in input pixels.
@@ -109,7 +206,7 @@ pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result
             start = end;
         }
         debug_assert_eq!(start, l);
-        result.push(nms(cands, pp.nms_iou, pp.max_detections));
+        result.push(suppress(cands, pp));
     }
     Ok(result)
 }
@@ -141,5 +238,56 @@ mod tests {
             vec![0.9, 0.8, 0.7]
         );
         assert_eq!(nms(kept, 0.5, 2).len(), 2);
+    }
+
+    #[test]
+    fn box_voting_moves_the_kept_box_to_the_weighted_mean_of_its_cluster() {
+        let dets = vec![
+            det(0, 0.75, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.25, [2.0, 0.0, 12.0, 10.0]),
+            det(1, 0.9, [4.0, 0.0, 14.0, 10.0]),
+            det(0, 0.5, [40.0, 40.0, 50.0, 50.0]),
+        ];
+        let pp = PostProcess {
+            nms_iou: 0.5,
+            box_voting: true,
+            ..PostProcess::default()
+        };
+        let kept = suppress(dets.clone(), &pp);
+        assert_eq!(kept.len(), 3);
+        // 0.75 x 0 + 0.25 x 2 over a weight of 1; the other class does not vote.
+        assert_eq!(kept[1].xyxy, [0.5, 0.0, 10.5, 10.0]);
+        assert_eq!(kept[1].score, 0.75);
+        assert_eq!(kept[0].xyxy, [4.0, 0.0, 14.0, 10.0]);
+        assert_eq!(kept[2].xyxy, [40.0, 40.0, 50.0, 50.0]);
+        let plain = suppress(
+            dets,
+            &PostProcess {
+                box_voting: false,
+                ..pp
+            },
+        );
+        assert_eq!(plain[1].xyxy, [0.0, 0.0, 10.0, 10.0]);
+    }
+
+    #[test]
+    fn a_flip_undone_returns_a_box_to_where_the_unflipped_image_has_it() -> Result<()> {
+        // A 4x4 image with one bright pixel at (x 3, y 0) and its box [3, 0, 4, 1].
+        let mut px = vec![0f32; 16];
+        px[3] = 1.0;
+        let x = Tensor::from_vec(px, (1, 1, 4, 4), &Device::Cpu)?;
+        for flip in [Flip::Horizontal, Flip::Vertical, Flip::Both] {
+            let flipped = flip.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let at = flipped.iter().position(|&v| v == 1.0).unwrap();
+            let (fx, fy) = ((at % 4) as f32, (at / 4) as f32);
+            // Where the flipped image has the pixel, undone, is where the original has it.
+            assert_eq!(
+                flip.undo([fx, fy, fx + 1.0, fy + 1.0], 4.0),
+                [3.0, 0.0, 4.0, 1.0]
+            );
+        }
+        assert_eq!("hv".parse::<Flip>(), Ok(Flip::Both));
+        assert!("diagonal".parse::<Flip>().is_err());
+        Ok(())
     }
 }

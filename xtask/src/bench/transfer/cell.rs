@@ -22,8 +22,8 @@ pub struct Finished {
     /// The command that ran it (from the repository root).
     pub command: String,
     pub steps: u64,
-    /// Wall time of the attempts this study saw end (an attempt killed with the study is not
-    /// counted), and how many there were.
+    /// Wall time of every attempt and how many there were; one killed with the study counts
+    /// from its start to its log's last line (what it wrote after that is lost either way).
     pub wall_s: f64,
     pub attempts: usize,
     /// The best checkpoint's validation metrics, as `result.json` has them.
@@ -98,6 +98,7 @@ pub fn run(
         attempt(exe, repo, &args, &command, paths)?;
     }
     let outcome = result::read(&paths.dir)?;
+    close_killed(paths)?;
     let times = attempt_times(&paths.attempts)?;
     let done = Finished {
         command: format!(
@@ -119,6 +120,8 @@ pub fn run(
 /// One run of the binary, its output appended to the cell's log, its wall time to the cell's
 /// attempts; an error with the log's last lines if it fails.
 fn attempt(exe: &Path, repo: &Path, args: &[String], command: &str, paths: &Paths) -> Result<()> {
+    close_killed(paths)?;
+    append_line(&paths.attempts, &format!("start {}", unix_now()))?;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -138,11 +141,7 @@ fn attempt(exe: &Path, repo: &Path, args: &[String], command: &str, paths: &Path
         .status()
         .with_context(|| format!("starting {}", exe.display()))?;
     let secs = started.elapsed().as_secs_f64();
-    let mut times = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&paths.attempts)?;
-    writeln!(times, "{secs:.1}")?;
+    append_line(&paths.attempts, &format!("{secs:.1}"))?;
     if !status.success() {
         bail!(
             "`{command}` failed ({status}); the last lines of {}:\n{}",
@@ -171,6 +170,51 @@ fn die_with_parent(command: &mut Command) {
     let _ = command;
 }
 
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(file, "{line}").with_context(|| format!("writing {}", path.display()))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// An attempt that started but never recorded its time was killed with the study: its time
+/// is taken up to the moment its log was last written, before anything else touches the log.
+fn close_killed(paths: &Paths) -> Result<()> {
+    let text = fs::read_to_string(&paths.attempts).unwrap_or_default();
+    let Some(start) = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| l.trim().strip_prefix("start "))
+    else {
+        return Ok(());
+    };
+    let start: f64 = start.parse().with_context(|| {
+        format!(
+            "{}: `start {start}` is not a time",
+            paths.attempts.display()
+        )
+    })?;
+    let last_write = fs::metadata(&paths.log)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(start, |d| d.as_secs_f64());
+    append_line(
+        &paths.attempts,
+        &format!("{:.1}", (last_write - start).max(0.0)),
+    )
+}
+
+/// The attempts' seconds; the file has `start UNIX_TIME` before each attempt and its seconds
+/// after it (files from before the start lines have only the seconds).
 fn attempt_times(path: &Path) -> Result<Vec<f64>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
@@ -178,7 +222,7 @@ fn attempt_times(path: &Path) -> Result<Vec<f64>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     text.lines()
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !l.trim().starts_with("start "))
         .map(|l| {
             l.trim()
                 .parse::<f64>()
@@ -270,6 +314,25 @@ printf '{"main_metric":"AP","metrics":{"AP":0.25,"AP50":0.5},"val_examples":17,"
         assert_eq!(again.wall_s, done.wall_s);
         let calls = fs::read_to_string(repo.path().join("calls")).unwrap();
         assert_eq!(calls.lines().collect::<Vec<_>>(), ["0", "1"]);
+
+        // An attempt killed with the study (a start without seconds) counts up to its log's
+        // last write.
+        let killed = Cell { seed: 3, ..cell };
+        let paths = Paths::of(&study, &killed);
+        let t0 = unix_now() - 500.0;
+        fs::write(&paths.attempts, format!("start {t0}\n")).unwrap();
+        let log = File::create(&paths.log).unwrap();
+        log.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t0 + 120.0))
+            .unwrap();
+        drop(log);
+        assert!(run(&exe, repo.path(), &plan, &killed, &paths).is_err());
+        let done = run(&exe, repo.path(), &plan, &killed, &paths).unwrap();
+        assert_eq!(done.attempts, 3);
+        assert!(
+            done.wall_s >= 120.0 && done.wall_s < 200.0,
+            "the killed attempt's 120 s are missing or wrong: {}",
+            done.wall_s
+        );
 
         // A cell killed before its first checkpoint starts over, not with --resume.
         let other = Cell { seed: 2, ..cell };
