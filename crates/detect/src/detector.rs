@@ -15,7 +15,7 @@ use crate::dataset::Target;
 use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::Geometry;
 use crate::model::head::DetectionHead;
-use crate::model::loss::fcos_loss;
+use crate::model::loss::{fcos_loss, Quality};
 use crate::model::postprocess::{decode, BoxDet, Flip, PostProcess};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,8 @@ pub struct ModelConfig {
     /// the head and concatenated: shallower blocks keep more of the fine detail that small
     /// objects need. Replaces `feature_block`.
     pub feature_blocks: Vec<usize>,
+    /// What the quality branch learns: FCOS centre-ness or the predicted box's IoU.
+    pub quality: Quality,
 }
 
 impl Default for ModelConfig {
@@ -40,6 +42,7 @@ impl Default for ModelConfig {
             tower: 1,
             feature_block: None,
             feature_blocks: Vec::new(),
+            quality: Quality::default(),
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct Detector {
     pub params: ParamStore,
     pub frozen: bool,
     pub geometry: Geometry,
+    pub quality: Quality,
     pub postprocess: PostProcess,
     /// Class index to category.
     pub categories: Vec<Category>,
@@ -113,6 +117,7 @@ impl Detector {
             params,
             frozen: mode == Freeze::Frozen,
             geometry,
+            quality: model.quality,
             postprocess,
             categories,
             inference: false,
@@ -209,7 +214,7 @@ impl Task for Detector {
     fn loss(&self, features: &[&Features], targets: &[&Target]) -> Result<Tensor> {
         let out = self.head.forward(&Self::head_input(features, 0)?)?;
         let assigned: Vec<&[_]> = targets.iter().map(|t| t.assigned.as_slice()).collect();
-        fcos_loss(&out, &assigned, &self.geometry)
+        fcos_loss(&out, &assigned, &self.geometry, self.quality)
     }
 
     fn loss_weight(&self, targets: &[&Target]) -> f64 {
@@ -263,6 +268,7 @@ impl Task for Detector {
             params: self.params.clone(),
             frozen: self.frozen,
             geometry: self.geometry.clone(),
+            quality: self.quality,
             postprocess: self.postprocess.clone(),
             categories: self.categories.clone(),
             inference: true,

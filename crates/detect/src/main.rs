@@ -61,6 +61,9 @@ struct ModelArgs {
     /// 3x3 convolutions in the head's tower.
     #[arg(long)]
     tower: Option<usize>,
+    /// What the quality branch learns: centerness (FCOS) or iou (the predicted box's overlap).
+    #[arg(long)]
+    quality: Option<detect::model::loss::Quality>,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -177,6 +180,9 @@ fn train_config(
         }
         if let Some(t) = model.tower {
             cfg.model.tower = t;
+        }
+        if let Some(q) = model.quality {
+            cfg.model.quality = q;
         }
     })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use detect::data::coco;
+use detect::model::postprocess::Flip;
 use detect::pipeline::{self, DetectConfig};
 use downstream_core::train::config::TrainConfig;
 use downstream_core::train::config::{DataConfig, RunConfig};
@@ -376,7 +377,15 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
         "--colour",
         "0.2",
     ])
-    .args(["--views", "5"]);
+    .args([
+        "--views",
+        "5",
+        "--quality",
+        "iou",
+        "--tta",
+        "v",
+        "--box-voting",
+    ]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -384,6 +393,9 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     let a = &cfg.input.augment;
     assert!(a.flip_horizontal && a.flip_vertical && a.rotate90);
     assert_eq!((a.colour, cfg.input.views), (0.2, 5));
+    assert_eq!(cfg.model.quality, detect::model::loss::Quality::Iou);
+    assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
+    assert!(cfg.postprocess.box_voting);
     let (_, detector) =
         pipeline::load_run(&runs.path().join("detect/flags"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(detector.blocks, vec![0, 2]);
@@ -632,7 +644,7 @@ fn test_time_flips_add_the_flipped_images_boxes_at_inference_only() {
     use candle_core::{Device, Tensor};
     use detect::data::Category;
     use detect::detector::Detector;
-    use detect::model::postprocess::{BoxDet, Flip, PostProcess};
+    use detect::model::postprocess::{BoxDet, PostProcess};
     use downstream_core::train::Task;
 
     let cfg = config(PathBuf::from("unused.json"), Freeze::Frozen);

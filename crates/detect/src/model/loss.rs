@@ -1,6 +1,11 @@
 //! The FCOS loss, summed over a batch (the engine divides by the batch's positive count):
 //! sigmoid focal loss on every location and class, generalised IoU on the box of each
-//! positive location, and binary cross-entropy on its centre-ness.
+//! positive location, and binary cross-entropy on its localisation quality.
+//!
+//! The quality branch learns FCOS's centre-ness of the location by default, or, with
+//! [`Quality::Iou`], the overlap its own predicted box reaches with the true one (a constant
+//! target each step): a score that ranks well-placed boxes first, not central locations, which
+//! is what AP at strict overlaps rewards when objects span only a few locations.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -28,8 +33,31 @@ fn focal(logits: &Tensor, onehot: &Tensor) -> candle_core::Result<Tensor> {
     (pos + neg)?.neg()?.sum_all()
 }
 
-/// `1 - GIoU` of boxes given as side distances from a common point, `[P, 4]` each.
-fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
+/// What the quality branch (its score multiplies the class probability) learns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// FCOS centre-ness: how central the location sits in its box.
+    #[default]
+    Centerness,
+    /// The IoU of the location's predicted box with its true box.
+    Iou,
+}
+
+impl std::str::FromStr for Quality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "centerness" => Ok(Quality::Centerness),
+            "iou" => Ok(Quality::Iou),
+            _ => Err(format!("unknown quality `{s}`: centerness or iou")),
+        }
+    }
+}
+
+/// `1 - GIoU` of boxes given as side distances from a common point, `[P, 4]` each, summed,
+/// and the plain IoU of each pair `[P, 1]`.
+fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     let side = |t: &Tensor, i: usize| t.narrow(1, i, 1);
     let (pl, pt, pr, pb) = (
         side(pred, 0)?,
@@ -53,8 +81,8 @@ fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
     let eh = (pt.maximum(&tt)? + pb.maximum(&tb)?)?;
     let enclosing = (ew * eh)?;
     let iou = inter.div(&union)?;
-    let giou = (iou - (&enclosing - &union)?.div(&enclosing)?)?;
-    (giou.neg()? + 1.0)?.sum_all()
+    let giou = (&iou - (&enclosing - &union)?.div(&enclosing)?)?;
+    Ok(((giou.neg()? + 1.0)?.sum_all()?, iou))
 }
 
 /// Side distances in pixels from the head's log outputs: `exp(x) * stride`, with `x` bounded
@@ -79,6 +107,7 @@ pub fn fcos_loss(
     out: &HeadOutput,
     targets: &[&[Option<Assigned>]],
     geometry: &Geometry,
+    quality: Quality,
 ) -> Result<Tensor> {
     let device = out.class_logits.device();
     let (b, l, k) = out.class_logits.dims3()?;
@@ -109,9 +138,13 @@ pub fn fcos_loss(
             &strides,
         )?;
         let target = Tensor::from_vec(ltrb, (p, 4), device)?;
-        total = (total + giou_loss(&pred, &target)?)?;
+        let (giou, iou) = giou_loss(&pred, &target)?;
+        total = (total + giou)?;
         let logits = out.centerness.reshape(b * l)?.index_select(&idx, 0)?;
-        let t = Tensor::from_vec(ctr, p, device)?;
+        let t = match quality {
+            Quality::Centerness => Tensor::from_vec(ctr, p, device)?,
+            Quality::Iou => iou.detach().reshape(p)?.clamp(0f32, 1f32)?,
+        };
         let bce = (softplus(&logits)? - logits.mul(&t)?)?.sum_all()?;
         total = (total + bce)?;
     } else {
@@ -128,18 +161,57 @@ pub fn fcos_loss(
 
 #[cfg(test)]
 mod tests {
+    use super::super::assign::Assigned;
     use super::*;
 
     #[test]
     fn giou_is_zero_for_identical_boxes_and_grows_apart() {
         let dev = Device::Cpu;
         let a = Tensor::new(&[[3f32, 4.0, 5.0, 6.0]], &dev).unwrap();
-        let same = giou_loss(&a, &a).unwrap().to_scalar::<f32>().unwrap();
-        assert!(same.abs() < 1e-6);
+        let (same, iou) = giou_loss(&a, &a).unwrap();
+        assert!(same.to_scalar::<f32>().unwrap().abs() < 1e-6);
+        assert!((iou.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] - 1.0).abs() < 1e-6);
         let b = Tensor::new(&[[1f32, 1.0, 1.0, 1.0]], &dev).unwrap();
-        let apart = giou_loss(&a, &b).unwrap().to_scalar::<f32>().unwrap();
+        let (apart, iou) = giou_loss(&a, &b).unwrap();
+        let apart = apart.to_scalar::<f32>().unwrap();
         // Nested boxes (8x10 around a 2x2): GIoU = IoU = 4 / 80.
         assert!((apart - (1.0 - 4.0 / 80.0)).abs() < 1e-5, "{apart}");
+        let iou = iou.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((iou - 4.0 / 80.0).abs() < 1e-6, "{iou}");
+    }
+
+    #[test]
+    fn the_quality_branch_learns_centerness_or_the_predicted_boxes_iou() {
+        let dev = Device::Cpu;
+        // 28 pixels at patch 14: 16 + 4 + 1 locations; every predicted side is one stride.
+        let geometry = Geometry::new(28, 14);
+        let l = geometry.len();
+        let x = 0.5f32;
+        let out = HeadOutput {
+            class_logits: Tensor::zeros((1, l, 1), DType::F32, &dev).unwrap(),
+            box_log: Tensor::zeros((1, l, 4), DType::F32, &dev).unwrap(),
+            centerness: Tensor::full(x, (1, l), &dev).unwrap(),
+        };
+        let mut targets = vec![None; l];
+        // Level 0 (stride 7): the first box is predicted exactly (IoU 1), the second is twice
+        // as wide and tall as predicted (IoU 1/4); both have centre-ness 1/4.
+        for (j, side) in [(0, 7f32), (1, 14.0)] {
+            targets[j] = Some(Assigned {
+                class: 0,
+                ltrb: [side; 4],
+                centerness: 0.25,
+            });
+        }
+        let loss = |q| {
+            fcos_loss(&out, &[targets.as_slice()], &geometry, q)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // Cross-entropy `softplus(x) - x t`: only the first target moves, from 1/4 to 1.
+        let diff = loss(Quality::Iou) - loss(Quality::Centerness);
+        assert!((diff - (-x * 0.75)).abs() < 1e-5, "{diff}");
+        assert_eq!("iou".parse::<Quality>(), Ok(Quality::Iou));
     }
 
     #[test]
