@@ -3,7 +3,8 @@
 //! logged) and `metrics.png` (the few validation metrics the task names, not every one it
 //! reports, so the lines stay apart and readable). And [`line_chart`], the same drawing for
 //! measurements against any x (a study's metric against training-set size), with the spread
-//! of repeated measurements as bars. The legend goes to the corner the lines cross least.
+//! of repeated measurements as bars. The legend goes to a corner no line crosses; when each
+//! is crossed, the y-axis rises to make room over the lines under an upper one.
 //! Text comes from an embedded font, so plots work on machines with no fonts installed.
 
 use std::collections::BTreeMap;
@@ -280,6 +281,7 @@ fn draw_chart(
     let (x0, x1) = padded_range(pts().map(|p| p.0), x_margin, Some(1.0));
     let ys = pts().map(|p| p.1).chain(bars().flat_map(|b| [b.1, b.2]));
     let (y0, y1) = padded_range(ys, 0.05, None);
+    let (corner, y1) = legend_place(series, (x0, x1), (y0, y1), axes.log_x);
 
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
@@ -353,7 +355,7 @@ fn draw_chart(
     if !empty {
         chart
             .configure_series_labels()
-            .position(legend_corner(series, (x0, x1), (y0, y1), axes.log_x))
+            .position(corner)
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
             .label_font(("sans-serif", 14))
@@ -363,73 +365,94 @@ fn draw_chart(
     Ok(())
 }
 
-/// The corner of the plot whose legend-sized patch the lines cross least. Lines are sampled
-/// along each segment, not only at their points, since a legend hides a line as well as a
-/// marker. Ties go to the usual corner: upper right for a run's curves, upper left for a
-/// study's (more data, better scores: its lines tend to start low).
-fn legend_corner(
+/// Where the legend goes, and the top of the y-axis: a corner whose legend-sized patch no line
+/// crosses, else an upper corner with the axis raised until the lines pass below the legend
+/// (a legend that hides a point hides data). Lines are sampled along each segment, not only at
+/// their points, since a legend hides a line as well as a marker. Ties go to the usual
+/// corner: upper right for a run's curves, upper left for a study's (more data, better
+/// scores: its lines tend to start low).
+fn legend_place(
     series: &[Series],
     (x0, x1): (f64, f64),
     (y0, y1): (f64, f64),
     log_x: bool,
-) -> SeriesLabelPosition {
+) -> (SeriesLabelPosition, f64) {
     use SeriesLabelPosition::{LowerLeft, LowerRight, UpperLeft, UpperRight};
     // The legend's share of the plot area: about 120 pixels wide, 20 a label high, in a
     // plot area of about 780 by 380 pixels.
     let labelled = series.iter().filter(|s| !s.points.is_empty()).count();
     let patch_w = 0.16;
     let patch_h = (16.0 + 20.0 * labelled as f64) / 380.0;
-    let norm = |(x, y): (f64, f64)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
+    let norm_x = |x: f64| (x - x0) / (x1 - x0);
     let mut samples = Vec::new();
     for s in series {
         for w in s.points.windows(2) {
             for k in 0..=16 {
                 let t = k as f64 / 16.0;
                 let (a, b) = (w[0], w[1]);
-                samples.push(norm((a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t)));
+                samples.push((a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t));
             }
         }
-        samples.extend(s.points.iter().map(|&p| norm(p)));
-        samples.extend(
-            s.spread
-                .iter()
-                .flat_map(|&(x, lo, hi)| [norm((x, lo)), norm((x, hi))]),
-        );
+        samples.extend(s.points.iter().copied());
+        samples.extend(s.spread.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
     }
     let order = if log_x {
         [UpperLeft, UpperRight, LowerRight, LowerLeft]
     } else {
         [UpperRight, UpperLeft, LowerRight, LowerLeft]
     };
+    let sides = |corner: &SeriesLabelPosition| match corner {
+        UpperLeft => (false, true),
+        UpperRight => (true, true),
+        LowerLeft => (false, false),
+        _ => (true, false),
+    };
+    let in_band = |right: bool, x: f64| {
+        if right {
+            norm_x(x) >= 1.0 - patch_w
+        } else {
+            norm_x(x) <= patch_w
+        }
+    };
     let hidden = |corner: &SeriesLabelPosition| {
-        let (right, top) = match corner {
-            UpperLeft => (false, true),
-            UpperRight => (true, true),
-            LowerLeft => (false, false),
-            _ => (true, false),
-        };
+        let (right, top) = sides(corner);
         samples
             .iter()
             .filter(|&&(x, y)| {
-                let in_x = if right {
-                    x >= 1.0 - patch_w
-                } else {
-                    x <= patch_w
-                };
+                let y = (y - y0) / (y1 - y0);
                 let in_y = if top {
                     y >= 1.0 - patch_h
                 } else {
                     y <= patch_h
                 };
-                in_x && in_y
+                in_band(right, x) && in_y
             })
             .count()
     };
-    // `min_by_key` keeps the first of equals, so the order above breaks ties.
+    // The first free corner in the order above, so that the order breaks ties.
+    if let Some(free) = (0..order.len()).find(|&i| hidden(&order[i]) == 0) {
+        return (order.into_iter().nth(free).unwrap_or(UpperRight), y1);
+    }
+    // Every corner is crossed: raise the top above the highest sample under an upper corner,
+    // so that the legend's patch (and a little air) fits over it; the lower raise wins.
+    let raised = |corner: &SeriesLabelPosition| {
+        let (right, _) = sides(corner);
+        let top = samples
+            .iter()
+            .filter(|&&(x, _)| in_band(right, x))
+            .map(|&(_, y)| y)
+            .fold(y0, f64::max);
+        y0 + (top - y0) / (1.0 - patch_h - 0.03)
+    };
     order
         .into_iter()
-        .min_by_key(|c| hidden(c))
-        .unwrap_or(UpperRight)
+        .filter(|c| sides(c).1)
+        .map(|c| {
+            let top = raised(&c).max(y1);
+            (c, top)
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((UpperRight, y1))
 }
 
 /// The data range, widened so that a single value or a constant series still gets a
@@ -630,16 +653,28 @@ mod tests {
                 })
                 .collect()
         };
-        let at = |s: &[Series]| legend_corner(s, (0.0, 1.0), (0.0, 1.0), true);
+        let place = |s: &[Series]| legend_place(s, (0.0, 1.0), (0.0, 1.0), true);
+        let at = |s: &[Series]| place(s).0;
         // Rising lines leave the upper left free.
         let rising = series(&[[(0.0, 0.1), (1.0, 0.9)], [(0.0, 0.0), (1.0, 0.6)]]);
         assert!(matches!(at(&rising), SeriesLabelPosition::UpperLeft));
+        assert_eq!(place(&rising).1, 1.0, "a free corner keeps the axis");
         // A line falling from the upper left, one low along the bottom: the upper right.
         let falling = series(&[[(0.0, 1.0), (1.0, 0.7)], [(0.0, 0.05), (1.0, 0.0)]]);
         assert!(matches!(at(&falling), SeriesLabelPosition::UpperRight));
         // Lines through both upper corners: a lower one.
         let high = series(&[[(0.0, 0.95), (1.0, 0.95)], [(0.0, 0.02), (1.0, 0.5)]]);
         assert!(matches!(at(&high), SeriesLabelPosition::LowerRight));
+        // Lines through all four corners (the segment study's shape: a falling top line, a
+        // low flat one): the axis rises over the lower end of the top line, and the legend
+        // goes there, over no sample.
+        let crossed = series(&[[(0.0, 0.98), (1.0, 0.9)], [(0.0, 0.05), (1.0, 0.02)]]);
+        let (corner, top) = place(&crossed);
+        assert!(matches!(corner, SeriesLabelPosition::UpperRight));
+        assert!(top > 1.0 && top < 1.2, "{top}");
+        let replaced = legend_place(&crossed, (0.0, 1.0), (0.0, top), true);
+        assert!(matches!(replaced.0, SeriesLabelPosition::UpperRight));
+        assert_eq!(replaced.1, top, "the raised axis leaves that corner free");
     }
 
     #[test]
