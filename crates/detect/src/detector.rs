@@ -1,4 +1,8 @@
 //! The detector as an engine task: backbone, head, loss, prediction and COCO metrics.
+//!
+//! Test-time flips live here because they need the backbone: the engine's inference copy
+//! ([`Task::detached`]) encodes each flipped view in the same batch as the image, and
+//! prediction flips those views' boxes back; the training copy encodes the image alone.
 
 use std::collections::BTreeMap;
 

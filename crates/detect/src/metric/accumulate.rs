@@ -1,8 +1,9 @@
 //! The detector's results and metric as the engine produces them, batch by batch.
 //!
-//! An image may be cut into overlapping tiles that arrive in different batches, so detections
-//! are gathered per image in original pixels and merged (class-wise NMS, then the per-image
-//! limit) only when every batch is in. The metric scores them with COCO evaluation against the
+//! An image may be cut into overlapping tiles that arrive in different batches, and its
+//! test-time flips add boxes of their own, so detections are gathered per image in original
+//! pixels and merged (class-wise NMS, with box voting if asked, then the per-image limit) only
+//! when every batch is in. The metric scores them with COCO evaluation against the
 //! ground truth that each example's target carries: the engine hands the data set's truth to
 //! the metric, the model keeps none.
 
