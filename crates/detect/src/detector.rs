@@ -190,7 +190,11 @@ impl Task for Detector {
         for flip in self.flips() {
             views.push(flip.apply(&x)?);
         }
-        let x = Tensor::cat(&views, 0)?;
+        let x = if views.len() == 1 {
+            x
+        } else {
+            Tensor::cat(&views, 0)?
+        };
         // The backbone ends at the deepest block read, so its output is that block's.
         let out = self.backbone.forward(&x, &self.blocks)?;
         let map = match self.blocks.len() {
