@@ -2,7 +2,9 @@
 //! square model input) or, with tiling, several overlapping tiles at native scale whose boxes
 //! are clipped to the tile (core's [`Placement`]). View 0 is the example as it is; other views
 //! are drawn from the input's augmentation policy (core's [`Augment`]: flips, quarter turns,
-//! zoom, colour), image and boxes together.
+//! zoom, colour), image and boxes together. With `random_crop`, a tile's other views also
+//! move its window to a random place in the image: crops at native scale that differ every
+//! epoch, where the fixed grid would show the same few squares again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use downstream_core::vision::augment::{Augment, AugmentPolicy};
 use downstream_core::vision::input::{to_tensor, Placement};
 use downstream_core::vision::io;
 use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Annotation, DetectionSet, ImageRecord};
@@ -38,6 +42,9 @@ pub struct InputConfig {
     /// Distinct views per training example (the plain one included) when the backbone is
     /// frozen and its features are cached: each costs a backbone pass and its features' memory.
     pub views: usize,
+    /// With tiling, training views take their tile anywhere in the image (random crops at
+    /// native scale) instead of at its place in the grid.
+    pub random_crop: bool,
 }
 
 impl Default for InputConfig {
@@ -49,6 +56,7 @@ impl Default for InputConfig {
             min_visible: 0.4,
             augment: AugmentPolicy::default(),
             views: 2,
+            random_crop: false,
         }
     }
 }
@@ -185,6 +193,25 @@ impl DetectionData {
     fn augment(&self, view: u64) -> Augment {
         Augment::draw(&self.input.augment, view)
     }
+
+    /// Where `view` of `sample` lies in its image: the sample's own window, or with
+    /// `random_crop` (tiles only, never view 0) a window of the same size anywhere in the image,
+    /// drawn from the view on a stream of its own (the augmentation draws from stream 0).
+    fn placement(&self, sample: &Sample, view: u64) -> Placement {
+        if view == 0 || !self.input.random_crop || self.input.tile.is_none() {
+            return sample.placement.clone();
+        }
+        let record = &self.set.images[sample.image];
+        let [_, _, w, h] = sample.placement.crop;
+        let mut rng = ChaCha8Rng::seed_from_u64(view);
+        rng.set_stream(1);
+        let x = rng.random_range(0..=record.width.saturating_sub(w));
+        let y = rng.random_range(0..=record.height.saturating_sub(h));
+        Placement {
+            crop: [x, y, w, h],
+            scale: sample.placement.scale,
+        }
+    }
 }
 
 impl Dataset for DetectionData {
@@ -198,7 +225,9 @@ impl Dataset for DetectionData {
     fn input(&self, index: usize, view: u64) -> Result<Tensor> {
         let sample = &self.samples[index];
         let image = self.image(sample)?;
-        let input = sample.placement.render(&image, self.input.size as u32);
+        let input = self
+            .placement(sample, view)
+            .render(&image, self.input.size as u32);
         to_tensor(&self.augment(view).image(&input), &self.device)
     }
 
@@ -206,17 +235,21 @@ impl Dataset for DetectionData {
         let sample = &self.samples[index];
         let size = self.input.size as u32;
         let augment = self.augment(view);
+        let placement = self.placement(sample, view);
         let boxes: Vec<(usize, [f32; 4])> = self.boxes[sample.image]
             .iter()
             .filter_map(|&(class, b)| {
-                let b = sample.placement.box_to_input(b, self.input.min_visible)?;
+                let b = placement.box_to_input(b, self.input.min_visible)?;
                 Some((class, augment.boxed(b, size, self.input.min_visible)?))
             })
             .collect();
         let assigned = assign(&self.geometry, &boxes);
         let positives = assigned.iter().filter(|a| a.is_some()).count();
         Ok(Target {
-            sample: sample.clone(),
+            sample: Sample {
+                placement,
+                ..sample.clone()
+            },
             truth: self.truths[sample.image].clone(),
             boxes,
             assigned,

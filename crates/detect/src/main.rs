@@ -35,6 +35,13 @@ struct InputArgs {
     /// Tile large images into squares of this many pixels at native scale.
     #[arg(long)]
     tile: Option<usize>,
+    /// Overlap between neighbouring tiles in pixels (boxes of the overlap are merged).
+    #[arg(long)]
+    tile_overlap: Option<usize>,
+    /// With tiles, take each training view's tile anywhere in the image (random crops at
+    /// native scale) instead of at its place in the grid.
+    #[arg(long)]
+    random_crop: bool,
     /// Also flip training views upside down (aerial, microscope images).
     #[arg(long)]
     flip_vertical: bool,
@@ -162,6 +169,10 @@ fn train_config(
         if input.tile.is_some() {
             cfg.input.tile = input.tile;
         }
+        if let Some(o) = input.tile_overlap {
+            cfg.input.tile_overlap = o;
+        }
+        cfg.input.random_crop |= input.random_crop;
         let augment = &mut cfg.input.augment;
         augment.flip_vertical |= input.flip_vertical;
         augment.rotate90 |= input.rotate90;

@@ -297,6 +297,78 @@ fn large_images_are_tiled_and_detections_map_back() {
 }
 
 #[test]
+fn random_crops_move_a_tile_anywhere_in_its_image_with_its_boxes() {
+    use downstream_core::train::Dataset;
+    use downstream_core::vision::input::to_tensor;
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 2, 150, 110);
+    let set = coco::load(&ann, None).unwrap();
+    let classes = set.class_index();
+    let mut input = detect::dataset::InputConfig {
+        size: 64,
+        tile: Some(64),
+        tile_overlap: 16,
+        random_crop: true,
+        ..Default::default()
+    };
+    // No flips: each view differs from the grid only by where its window lies.
+    input.augment.flip_horizontal = false;
+    let tiles = detect::dataset::DetectionData::new(
+        set.clone(),
+        input.clone(),
+        8,
+        classes.clone(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let index = 4; // the second row's middle tile of the first image
+    let grid = tiles.samples[index].placement.clone();
+    let original = image::open(data.path().join("img000.png"))
+        .unwrap()
+        .to_rgb8();
+    let pixels = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(tiles.target(index, 0).unwrap().sample.placement, grid);
+    let mut corners = std::collections::BTreeSet::new();
+    for view in 1..=24u64 {
+        let target = tiles.target(index, view).unwrap();
+        let p = &target.sample.placement;
+        let [x, y, w, h] = p.crop;
+        assert_eq!(
+            (w, h, p.scale),
+            (64, 64, grid.scale),
+            "view {view}: same size and scale"
+        );
+        assert!(
+            x + w <= 150 && y + h <= 110,
+            "view {view}: {:?} leaves the image",
+            p.crop
+        );
+        corners.insert((x, y));
+        // The input shows the window's pixels, and the boxes are the image's boxes in it.
+        let rendered = to_tensor(&p.render(&original, 64), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(
+            pixels(&tiles.input(index, view).unwrap()),
+            pixels(&rendered)
+        );
+        let expected: Vec<[f32; 4]> = set
+            .annotations
+            .iter()
+            .filter(|a| a.image_id == 1)
+            .filter_map(|a| p.box_to_input(a.bbox, input.min_visible))
+            .collect();
+        let got: Vec<[f32; 4]> = target.boxes.iter().map(|b| b.1).collect();
+        assert_eq!(got, expected, "view {view}");
+    }
+    assert!(corners.len() >= 20, "windows barely move: {corners:?}");
+    // Without the option, every view keeps the tile's place in the grid.
+    input.random_crop = false;
+    let fixed =
+        detect::dataset::DetectionData::new(set, input, 8, classes, &candle_core::Device::Cpu)
+            .unwrap();
+    assert_eq!(fixed.target(index, 7).unwrap().sample.placement, grid);
+}
+
+#[test]
 fn train_on_bad_data_fails_cleanly_naming_the_file() {
     let data = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 4, 64, 64);
@@ -385,7 +457,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
         "--tta",
         "v",
         "--box-voting",
-    ]);
+    ])
+    .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -393,6 +466,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     let a = &cfg.input.augment;
     assert!(a.flip_horizontal && a.flip_vertical && a.rotate90);
     assert_eq!((a.colour, cfg.input.views), (0.2, 5));
+    assert_eq!((cfg.input.tile, cfg.input.tile_overlap), (Some(48), 16));
+    assert!(cfg.input.random_crop);
     assert_eq!(cfg.model.quality, detect::model::loss::Quality::Iou);
     assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
     assert!(cfg.postprocess.box_voting);
