@@ -389,7 +389,10 @@ fn shipped_configs_parse_and_validate() {
     assert!(df.input.augment.rotate90);
     assert_eq!(frozen.train.mode, downstream_core::Freeze::Frozen);
     assert_eq!(frozen.input.views, 4);
-    assert_eq!((df.train.epochs, df.train.batch), (80, 8));
+    assert_eq!((df.train.epochs, df.train.batch), (21, 8));
+    assert_eq!((df.input.tile, df.input.tile_overlap), (Some(224), 48));
+    assert!(df.input.random_crop);
+    assert_eq!(frozen.input.tile, None);
     assert_eq!((frozen.train.epochs, frozen.train.batch), (40, 8));
     // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
     let defaults = detect::pipeline::DetectConfig::default();
