@@ -37,6 +37,8 @@ pub struct ModelConfig {
     pub feature_blocks: Vec<usize>,
     /// What the quality branch learns: FCOS centre-ness or the predicted box's IoU.
     pub quality: Quality,
+    /// The weight of the GIoU box loss against the focal loss (1 in FCOS).
+    pub box_weight: f64,
 }
 
 impl Default for ModelConfig {
@@ -47,6 +49,7 @@ impl Default for ModelConfig {
             feature_block: None,
             feature_blocks: Vec::new(),
             quality: Quality::default(),
+            box_weight: 1.0,
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Detector {
     pub frozen: bool,
     pub geometry: Geometry,
     pub quality: Quality,
+    pub box_weight: f64,
     pub postprocess: PostProcess,
     /// Class index to category.
     pub categories: Vec<Category>,
@@ -98,6 +102,16 @@ impl Detector {
         device: &Device,
     ) -> Result<Self> {
         let (spec, mode, seed) = (train.backbone.as_str(), train.mode, train.seed);
+        anyhow::ensure!(
+            model.box_weight.is_finite() && model.box_weight > 0.0,
+            "model.box_weight must be a positive number, got {}",
+            model.box_weight
+        );
+        anyhow::ensure!(
+            postprocess.nms_iou > 0.0 && postprocess.nms_iou <= 1.0,
+            "postprocess.nms_iou must lie in (0, 1], got {}",
+            postprocess.nms_iou
+        );
         // Blocks above the deepest one the head reads are not loaded: nothing to compute or
         // train.
         let (blocks, readout) = model.blocks()?;
@@ -122,6 +136,7 @@ impl Detector {
             frozen: mode == Freeze::Frozen,
             geometry,
             quality: model.quality,
+            box_weight: model.box_weight,
             postprocess,
             categories,
             inference: false,
@@ -222,7 +237,13 @@ impl Task for Detector {
     fn loss(&self, features: &[&Features], targets: &[&Target]) -> Result<Tensor> {
         let out = self.head.forward(&Self::head_input(features, 0)?)?;
         let assigned: Vec<&[_]> = targets.iter().map(|t| t.assigned.as_slice()).collect();
-        fcos_loss(&out, &assigned, &self.geometry, self.quality)
+        fcos_loss(
+            &out,
+            &assigned,
+            &self.geometry,
+            self.quality,
+            self.box_weight,
+        )
     }
 
     fn loss_weight(&self, targets: &[&Target]) -> f64 {
@@ -277,6 +298,7 @@ impl Task for Detector {
             frozen: self.frozen,
             geometry: self.geometry.clone(),
             quality: self.quality,
+            box_weight: self.box_weight,
             postprocess: self.postprocess.clone(),
             categories: self.categories.clone(),
             inference: true,

@@ -71,6 +71,9 @@ struct ModelArgs {
     /// What the quality branch learns: centerness (FCOS) or iou (the predicted box's overlap).
     #[arg(long)]
     quality: Option<detect::model::loss::Quality>,
+    /// Weight of the box (GIoU) loss against the classification loss (default 1).
+    #[arg(long)]
+    box_weight: Option<f64>,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -83,6 +86,17 @@ struct PostArgs {
     /// Move each kept box to the score-weighted mean of the boxes it suppressed.
     #[arg(long)]
     box_voting: bool,
+    /// Suppress a box overlapping a better one of its class by more than this IoU.
+    #[arg(long, value_name = "IOU", value_parser = overlap)]
+    nms_iou: Option<f32>,
+}
+
+/// An overlap threshold: a number in (0, 1].
+fn overlap(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+        _ => Err(format!("`{s}` is not an overlap in (0, 1]")),
+    }
 }
 
 impl PostArgs {
@@ -91,6 +105,9 @@ impl PostArgs {
             pp.tta = self.tta.clone();
         }
         pp.box_voting |= self.box_voting;
+        if let Some(t) = self.nms_iou {
+            pp.nms_iou = t;
+        }
     }
 }
 
@@ -194,6 +211,9 @@ fn train_config(
         }
         if let Some(q) = model.quality {
             cfg.model.quality = q;
+        }
+        if let Some(w) = model.box_weight {
+            cfg.model.box_weight = w;
         }
     })
 }

@@ -401,6 +401,27 @@ fn train_on_bad_data_fails_cleanly_naming_the_file() {
 }
 
 #[test]
+fn loss_and_suppression_settings_out_of_range_fail_before_training() {
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    for (flag, value, says) in [
+        ("--box-weight", "0", "model.box_weight"),
+        ("--box-weight", "NaN", "model.box_weight"),
+        ("--nms-iou", "1.5", "--nms-iou"),
+        ("--nms-iou", "0", "--nms-iou"),
+    ] {
+        let mut cmd = train_command(&ann, runs.path(), "range", "1");
+        let out = cmd.args([flag, value]).output().unwrap();
+        assert!(!out.status.success(), "{flag} {value} was taken");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && !err.contains("panicked"), "{err}");
+        let run = runs.path().join("detect/range");
+        assert!(!run.join("checkpoints").exists() && !run.join("config.toml").exists());
+    }
+}
+
+#[test]
 fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
     let data = tempfile::tempdir().unwrap();
     let ann = rectangles(data.path(), 8, 64, 64);
@@ -458,7 +479,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
         "v",
         "--box-voting",
     ])
-    .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"]);
+    .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"])
+    .args(["--box-weight", "2.5", "--nms-iou", "0.45"]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -469,6 +491,7 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     assert_eq!((cfg.input.tile, cfg.input.tile_overlap), (Some(48), 16));
     assert!(cfg.input.random_crop);
     assert_eq!(cfg.model.quality, detect::model::loss::Quality::Iou);
+    assert_eq!((cfg.model.box_weight, cfg.postprocess.nms_iou), (2.5, 0.45));
     assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
     assert!(cfg.postprocess.box_voting);
     let (_, detector) =

@@ -1,6 +1,7 @@
 //! The FCOS loss, summed over a batch (the engine divides by the batch's positive count):
 //! sigmoid focal loss on every location and class, generalised IoU on the box of each
-//! positive location, and binary cross-entropy on its localisation quality.
+//! positive location (times a box weight, 1 in FCOS: more makes the head trade recall for
+//! tighter boxes), and binary cross-entropy on its localisation quality.
 //!
 //! The quality branch learns FCOS's centre-ness of the location by default, or, with
 //! [`Quality::Iou`], the overlap its own predicted box reaches with the true one (a constant
@@ -108,6 +109,7 @@ pub fn fcos_loss(
     targets: &[&[Option<Assigned>]],
     geometry: &Geometry,
     quality: Quality,
+    box_weight: f64,
 ) -> Result<Tensor> {
     let device = out.class_logits.device();
     let (b, l, k) = out.class_logits.dims3()?;
@@ -139,7 +141,7 @@ pub fn fcos_loss(
         )?;
         let target = Tensor::from_vec(ltrb, (p, 4), device)?;
         let (giou, iou) = giou_loss(&pred, &target)?;
-        total = (total + giou)?;
+        total = (total + (giou * box_weight)?)?;
         let logits = out.centerness.reshape(b * l)?.index_select(&idx, 0)?;
         let t = match quality {
             Quality::Centerness => Tensor::from_vec(ctr, p, device)?,
@@ -181,7 +183,8 @@ mod tests {
     }
 
     #[test]
-    fn the_quality_branch_learns_centerness_or_the_predicted_boxes_iou() {
+    fn the_quality_branch_learns_centerness_or_the_predicted_boxes_iou_and_the_box_weight_scales_giou(
+    ) {
         let dev = Device::Cpu;
         // 28 pixels at patch 14: 16 + 4 + 1 locations; every predicted side is one stride.
         let geometry = Geometry::new(28, 14);
@@ -202,15 +205,19 @@ mod tests {
                 centerness: 0.25,
             });
         }
-        let loss = |q| {
-            fcos_loss(&out, &[targets.as_slice()], &geometry, q)
+        let loss = |q, w| {
+            fcos_loss(&out, &[targets.as_slice()], &geometry, q, w)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap()
         };
         // Cross-entropy `softplus(x) - x t`: only the first target moves, from 1/4 to 1.
-        let diff = loss(Quality::Iou) - loss(Quality::Centerness);
+        let diff = loss(Quality::Iou, 1.0) - loss(Quality::Centerness, 1.0);
         assert!((diff - (-x * 0.75)).abs() < 1e-5, "{diff}");
+        // The box weight scales the GIoU term alone: 0 for the exact box, 1 - 1/4 for the
+        // other (nested boxes, so GIoU equals IoU).
+        let diff = loss(Quality::Centerness, 3.0) - loss(Quality::Centerness, 1.0);
+        assert!((diff - 2.0 * 0.75).abs() < 1e-5, "{diff}");
         assert_eq!("iou".parse::<Quality>(), Ok(Quality::Iou));
     }
 
