@@ -111,6 +111,9 @@ impl PostArgs {
     }
 }
 
+// One value per process, parsed once: its size does not matter, and boxing would only
+// clutter clap's derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune a detector.
