@@ -393,6 +393,10 @@ fn shipped_configs_parse_and_validate() {
     assert_eq!((df.input.tile, df.input.tile_overlap), (Some(224), 48));
     assert!(df.input.random_crop);
     assert_eq!(frozen.input.tile, None);
+    assert_eq!(
+        (df.postprocess.nms_iou, frozen.postprocess.nms_iou),
+        (0.55, 0.6)
+    );
     assert_eq!((frozen.train.epochs, frozen.train.batch), (40, 8));
     // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
     let defaults = detect::pipeline::DetectConfig::default();
