@@ -183,8 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn the_quality_branch_learns_centerness_or_the_predicted_boxes_iou_and_the_box_weight_scales_giou(
-    ) {
+    fn quality_targets_and_the_box_weight_shape_the_loss() {
         let dev = Device::Cpu;
         // 28 pixels at patch 14: 16 + 4 + 1 locations; every predicted side is one stride.
         let geometry = Geometry::new(28, 14);
