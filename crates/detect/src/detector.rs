@@ -18,7 +18,7 @@ use crate::data::{Category, DetectionSet};
 use crate::dataset::Target;
 use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::Geometry;
-use crate::model::head::DetectionHead;
+use crate::model::head::{patch_pixels, DetectionHead};
 use crate::model::loss::{fcos_loss, Quality};
 use crate::model::postprocess::{decode, BoxDet, Flip, PostProcess};
 
@@ -39,6 +39,8 @@ pub struct ModelConfig {
     pub quality: Quality,
     /// The weight of the GIoU box loss against the focal loss (1 in FCOS).
     pub box_weight: f64,
+    /// The finest pyramid level also reads each patch's raw pixels (see `model::head`).
+    pub pixel_skip: bool,
 }
 
 impl Default for ModelConfig {
@@ -50,6 +52,7 @@ impl Default for ModelConfig {
             feature_blocks: Vec::new(),
             quality: Quality::default(),
             box_weight: 1.0,
+            pixel_skip: false,
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct Detector {
     /// The blocks whose outputs are concatenated for the head (empty: the final output).
     pub blocks: Vec<usize>,
     pub head: DetectionHead,
+    /// Whether the head also reads each patch's pixels, appended to the features.
+    pub pixel_skip: bool,
     pub params: ParamStore,
     pub frozen: bool,
     pub geometry: Geometry,
@@ -121,6 +126,11 @@ impl Detector {
             &mut params,
             backbone.hidden_size(),
             blocks.len().max(1),
+            if model.pixel_skip {
+                3 * backbone.patch_size().pow(2)
+            } else {
+                0
+            },
             model.width,
             model.tower,
             categories.len(),
@@ -132,6 +142,7 @@ impl Detector {
             backbone,
             blocks,
             head,
+            pixel_skip: model.pixel_skip,
             params,
             frozen: mode == Freeze::Frozen,
             geometry,
@@ -224,7 +235,11 @@ impl Task for Detector {
             }
         };
         // Channels-last, as the head's matrix-product convolutions want it.
-        let map = map.permute((0, 2, 3, 1))?;
+        let mut map = map.permute((0, 2, 3, 1))?;
+        if self.pixel_skip {
+            let pixels = patch_pixels(&x, self.backbone.patch_size())?;
+            map = Tensor::cat(&[map, pixels], 3)?;
+        }
         (0..n)
             .map(|i| {
                 (0..views.len())
@@ -294,6 +309,7 @@ impl Task for Detector {
             backbone: self.backbone.detached(),
             blocks: self.blocks.clone(),
             head: self.head.detached(),
+            pixel_skip: self.pixel_skip,
             params: self.params.clone(),
             frozen: self.frozen,
             geometry: self.geometry.clone(),

@@ -74,6 +74,10 @@ struct ModelArgs {
     /// Weight of the box (GIoU) loss against the classification loss (default 1).
     #[arg(long)]
     box_weight: Option<f64>,
+    /// The finest pyramid level also reads each patch's raw pixels, for box sides finer than
+    /// a patch.
+    #[arg(long)]
+    pixel_skip: bool,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -218,6 +222,7 @@ fn train_config(
         if let Some(w) = model.box_weight {
             cfg.model.box_weight = w;
         }
+        cfg.model.pixel_skip |= model.pixel_skip;
     })
 }
 

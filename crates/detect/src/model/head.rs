@@ -9,6 +9,11 @@
 //! Reading several blocks, the head layer-norms each block's features before they are
 //! concatenated: the residual stream grows with depth, and unnormalised the deepest block
 //! would drown the others.
+//!
+//! With a pixel skip, the finest level (half the patch stride) also reads each patch's raw
+//! pixels through a linear map of its own, added to the one from the backbone's features: a
+//! ViT's features say where an object is to a patch, and box sides that must follow edges
+//! finer than that (tree crowns 20 pixels across, at patch 14) can use the pixels directly.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -38,6 +43,8 @@ pub struct DetectionHead {
     /// One norm per block read, when the head reads more than one.
     inputs: Vec<LayerNorm>,
     levels: [Level; 3],
+    /// The pixel skip into the finest level: each patch's pixels to its 2x2 cells.
+    pixels: Option<Linear>,
     /// 3x3 convolutions, each followed by a norm, shared by all levels.
     tower: Vec<(Conv3x3, LayerNorm)>,
     cls: Linear,
@@ -59,6 +66,7 @@ impl Detach for DetectionHead {
         Self {
             inputs: self.inputs.iter().map(Detach::detached).collect(),
             levels: self.levels.detached(),
+            pixels: self.pixels.as_ref().map(Detach::detached),
             tower: self
                 .tower
                 .iter()
@@ -73,12 +81,14 @@ impl Detach for DetectionHead {
 
 impl DetectionHead {
     /// New randomly initialised parameters in `store` (at the top depth), from `seed`, for
-    /// `blocks` concatenated maps of `block_dim` channels each, with `tower` convolutions.
+    /// `blocks` concatenated maps of `block_dim` channels each, followed by `pixel_dim`
+    /// channels of raw patch pixels (0: no pixel skip), with `tower` convolutions.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &mut ParamStore,
         block_dim: usize,
         blocks: usize,
+        pixel_dim: usize,
         width: usize,
         tower: usize,
         classes: usize,
@@ -112,6 +122,9 @@ impl DetectionHead {
             level("p4", in_dim, width)?,
             level("p5", 4 * in_dim, width)?,
         ];
+        let pixels = (pixel_dim > 0)
+            .then(|| init.linear("head.p3.pixels", pixel_dim, 4 * width))
+            .transpose()?;
         // The first keeps the name it had when the tower was one convolution, so that older
         // checkpoints load.
         let tower = (0..tower.max(1))
@@ -135,6 +148,7 @@ impl DetectionHead {
         Ok(Self {
             inputs,
             levels,
+            pixels,
             tower,
             cls,
             reg,
@@ -143,8 +157,20 @@ impl DetectionHead {
     }
 
     /// `features` is the backbone's patch map, channels-last `[B, h, w, D]` (h, w even); with
-    /// several blocks, their maps concatenated along `D`.
+    /// several blocks, their maps concatenated along `D`; with the pixel skip, each patch's
+    /// pixels ([`patch_pixels`]) last.
     pub fn forward(&self, features: &Tensor) -> candle_core::Result<HeadOutput> {
+        let (features, pixels) = match &self.pixels {
+            Some(skip) => {
+                let (all, p) = (features.dim(3)?, skip.weight.dim(1)?);
+                (
+                    features.narrow(3, 0, all - p)?,
+                    Some(features.narrow(3, all - p, p)?),
+                )
+            }
+            None => (features.clone(), None),
+        };
+        let features = &features;
         let normed;
         let features = if self.inputs.is_empty() {
             features
@@ -160,8 +186,12 @@ impl DetectionHead {
             &normed
         };
         let [p3, p4, p5] = &self.levels;
+        let mut fine = p3.proj.forward(features)?;
+        if let (Some(skip), Some(pixels)) = (&self.pixels, &pixels) {
+            fine = (fine + skip.forward(pixels)?)?;
+        }
         let maps = [
-            pixel_shuffle2(&p3.proj.forward(features)?)?,
+            pixel_shuffle2(&fine)?,
             p4.proj.forward(features)?,
             p5.proj.forward(&pixel_unshuffle2(features)?)?,
         ];
@@ -187,5 +217,90 @@ impl DetectionHead {
             box_log: Tensor::cat(&reg, 1)?,
             centerness: Tensor::cat(&ctr, 1)?,
         })
+    }
+}
+
+/// Each patch's pixels as channels: `[B, C, H, W]` to channels-last `[B, H/p, W/p, C*p*p]`,
+/// channel `(c*p + dy)*p + dx` of patch `(i, j)` holding pixel `(i*p + dy, j*p + dx)` of `c`.
+pub fn patch_pixels(x: &Tensor, patch: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (gh, gw) = (h / patch, w / patch);
+    x.reshape(vec![b, c, gh, patch, gw, patch])?
+        .permute(vec![0, 2, 4, 1, 3, 5])?
+        .contiguous()?
+        .reshape((b, gh, gw, c * patch * patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn patch_pixels_puts_each_patch_in_its_channels() {
+        // Pixel value = 1000c + 100y + x, two patches of 2 per side, two channels.
+        let v: Vec<f32> = (0..2)
+            .flat_map(|c| {
+                (0..4).flat_map(move |y| (0..4).map(move |x| (1000 * c + 100 * y + x) as f32))
+            })
+            .collect();
+        let x = Tensor::from_vec(v, (1, 2, 4, 4), &Device::Cpu).unwrap();
+        let p = patch_pixels(&x, 2).unwrap();
+        assert_eq!(p.dims(), &[1, 2, 2, 8]);
+        let p = p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, j, c, dy, dx) in [
+            (0, 0, 0, 0, 0),
+            (1, 0, 1, 1, 0),
+            (0, 1, 0, 0, 1),
+            (1, 1, 1, 1, 1),
+        ] {
+            let want = (1000 * c + 100 * (2 * i + dy) + 2 * j + dx) as f32;
+            assert_eq!(
+                p[(i * 2 + j) * 8 + (c * 2 + dy) * 2 + dx],
+                want,
+                "patch {i},{j} c{c} {dy},{dx}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pixel_skip_reaches_the_finest_level_alone_and_learns() {
+        let dev = Device::Cpu;
+        let mut store = ParamStore::new();
+        let head = DetectionHead::new(&mut store, 8, 1, 12, 16, 1, 2, 0, &dev).unwrap();
+        // 4x4 patches of 8 feature channels, then 12 pixel channels.
+        let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
+        let pixels = Tensor::randn(0f32, 1.0, (1, 4, 4, 12), &dev).unwrap();
+        let run = |pixels: &Tensor| {
+            head.forward(&Tensor::cat(&[&features, pixels], 3).unwrap())
+                .unwrap()
+        };
+        let (a, b) = (run(&pixels), run(&pixels.zeros_like().unwrap()));
+        // Level sizes 64 (stride p/2), 16, 4: only the first 64 locations may differ.
+        let diff = (a.box_log - b.box_log)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum(2)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(diff[0][..64].iter().all(|&d| d > 0.0));
+        assert!(diff[0][64..].iter().all(|&d| d == 0.0));
+        let loss = a.class_logits.sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let skip = store.get("head.p3.pixels.weight").unwrap();
+        let g = grads.get(skip.tensor()).unwrap();
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
     }
 }
