@@ -456,6 +456,128 @@ fn layer_decay_and_weight_decay_go_to_the_right_parameters() {
 }
 
 #[test]
+fn a_run_with_a_weight_average_evaluates_and_keeps_the_average_and_resumes_exactly() {
+    let cfg = TrainConfig {
+        ema: Some(0.6),
+        ..config(Freeze::Full)
+    };
+    let (data, val) = (Images::new(10), Images::new(6));
+    let straight_dir = tempfile::tempdir().unwrap();
+    let straight = Classify::new(Freeze::Full);
+    let report = fit(
+        &straight,
+        &data,
+        Some(&val),
+        &cfg,
+        &cfg,
+        &options(straight_dir.path()),
+    )
+    .unwrap();
+    // The raw weights train as they would without the average.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = Classify::new(Freeze::Full);
+    let plain_cfg = TrainConfig {
+        ema: None,
+        ..cfg.clone()
+    };
+    fit(
+        &plain,
+        &data,
+        Some(&val),
+        &plain_cfg,
+        &plain_cfg,
+        &options(plain_dir.path()),
+    )
+    .unwrap();
+    assert_eq!(snapshot(&straight.params), snapshot(&plain.params));
+
+    // The last evaluation (step 9) was of the average: the last checkpoint's `ema.*` are what
+    // a best checkpoint saved then holds, and they differ from the raw weights.
+    let last = checkpoint::load(&report.last_checkpoint, &Device::Cpu).unwrap();
+    let trainable: Vec<String> = straight
+        .params
+        .trainable()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut differs = false;
+    for name in &trainable {
+        let avg = values(&last.tensors[&format!("ema.{name}")]);
+        differs |= avg != values(&last.tensors[&format!("param.{name}")]);
+    }
+    assert!(differs, "the average equals the raw weights");
+    let evals = read_records(&straight_dir.path().join("metrics.jsonl")).unwrap();
+    let last_eval = evals
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Eval(e) => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_eval.step, 9);
+    let averaged = Classify::new(Freeze::Full);
+    for name in &trainable {
+        let var = averaged.params.get(name).unwrap().var().unwrap();
+        var.set(&last.tensors[&format!("ema.{name}")]).unwrap();
+    }
+    let metrics = evaluate(
+        &averaged,
+        &downstream_core::train::Subset::spread(&val, usize::MAX),
+        4,
+        None,
+        true,
+    )
+    .unwrap();
+    assert_eq!(metrics, last_eval.metrics);
+
+    // Stopped after 4 steps and resumed: the same weights and the same average.
+    let split_dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        stop_after: Some(4),
+        ..options(split_dir.path())
+    };
+    fit(
+        &Classify::new(Freeze::Full),
+        &data,
+        Some(&val),
+        &cfg,
+        &cfg,
+        &opts,
+    )
+    .unwrap();
+    let resumed = Classify::new(Freeze::Full);
+    let opts = RunOptions {
+        resume: true,
+        ..options(split_dir.path())
+    };
+    let report2 = fit(&resumed, &data, Some(&val), &cfg, &cfg, &opts).unwrap();
+    assert_eq!(snapshot(&straight.params), snapshot(&resumed.params));
+    let b = checkpoint::load(&report2.last_checkpoint, &Device::Cpu).unwrap();
+    for name in &trainable {
+        let key = format!("ema.{name}");
+        assert_eq!(
+            values(&last.tensors[&key]),
+            values(&b.tensors[&key]),
+            "{key} differs after resume"
+        );
+    }
+    // A run started without the average cannot resume with one.
+    let err = fit(
+        &Classify::new(Freeze::Full),
+        &data,
+        Some(&val),
+        &cfg,
+        &cfg,
+        &RunOptions {
+            resume: true,
+            ..options(plain_dir.path())
+        },
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("without `ema`"), "{err:#}");
+}
+
+#[test]
 fn early_stopping_keeps_the_best_and_the_last_checkpoint() {
     // A rate of ~0 keeps accuracy flat, so patience 1 stops after the second evaluation.
     let cfg = TrainConfig {

@@ -1,4 +1,5 @@
-//! Checkpoints: trainable weights, optimizer moments and the training position in one
+//! Checkpoints: trainable weights, optimizer moments (and the weight average, where a run
+//! keeps one) and the training position in one
 //! safetensors file, with the position and resolved configuration in its metadata. Written
 //! atomically, so a crash while saving leaves the previous checkpoint loadable. A weights-only
 //! checkpoint (no moments) ships a trained model; it cannot resume a run.
@@ -15,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::ema::Ema;
 use super::optimizer::AdamW;
 use crate::params::ParamStore;
 
@@ -55,15 +57,21 @@ pub struct Checkpoint {
     pub config: serde_json::Value,
 }
 
-/// Saves the trainable parameters (`param.NAME`), the optimizer state and `state` to `path`.
+/// Saves the trainable parameters (`param.NAME`), the optimizer state, the weight average if
+/// the run keeps one, and `state` to `path`.
 pub fn save(
     path: &Path,
     params: &ParamStore,
     optimizer: &AdamW,
+    ema: Option<&Ema>,
     state: &TrainState,
     config: &serde_json::Value,
 ) -> Result<()> {
-    write(path, params, optimizer.state()?, state, config)
+    let mut extra = optimizer.state()?;
+    if let Some(ema) = ema {
+        extra.extend(ema.state()?);
+    }
+    write(path, params, extra, state, config)
 }
 
 /// Saves the trainable parameters and `state` without the optimizer's moments: a third of the

@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub optimizer: AdamWConfig,
     /// Clip gradients to this global L2 norm.
     pub clip_norm: Option<f64>,
+    /// Evaluate and keep an exponential moving average of the weights with this decay
+    /// ([`super::ema`]); none by default.
+    pub ema: Option<f64>,
     pub seed: u64,
     /// Evaluate every this many epochs (and after the last).
     pub eval_every: usize,
@@ -78,6 +81,7 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.01,
             optimizer: AdamWConfig::default(),
             clip_norm: Some(1.0),
+            ema: None,
             seed: 0,
             eval_every: 1,
             eval_every_steps: None,
@@ -116,6 +120,10 @@ impl TrainConfig {
         anyhow::ensure!(
             self.eval_subset != Some(0),
             "eval_subset must be at least 1"
+        );
+        anyhow::ensure!(
+            self.ema.is_none_or(|d| d > 0.0 && d < 1.0),
+            "ema must be a decay in (0, 1)"
         );
         anyhow::ensure!(
             self.optimizer.layer_decay > 0.0 && self.optimizer.layer_decay <= 1.0,
@@ -171,6 +179,9 @@ pub struct TrainArgs {
     /// Gradient clipping by global norm.
     #[arg(long)]
     pub clip_norm: Option<f64>,
+    /// Evaluate and keep a moving average of the weights with this decay (e.g. 0.99).
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Early stopping: evaluations without improvement before stopping.
@@ -484,6 +495,7 @@ impl TrainArgs {
             micro_batch,
             warmup_steps,
             clip_norm,
+            ema,
             patience,
             checkpoint_every,
             eval_every_steps,

@@ -1,7 +1,8 @@
 //! The training loop: batches in a seeded order (of similar-length examples where the data set
 //! knows lengths), gradients (accumulated over micro-batches),
-//! clipping, the scheduled AdamW step, checkpoints, and evaluation every few epochs or steps
-//! with the best checkpoint kept and early stopping on the task's main metric. It holds the
+//! clipping, the scheduled AdamW step, the weight average if asked, checkpoints, and
+//! evaluation every few epochs or steps (of the average, where there is one) with the best
+//! checkpoint kept and early stopping on the task's main metric. It holds the
 //! run folder's lock while it runs. A checkpoint saved at a step comes after that step's
 //! evaluation and records how much of the log it covers, so that a run killed anywhere and
 //! resumed ends exactly where an uninterrupted one does; a finished run resumed with a longer
@@ -17,6 +18,7 @@ use serde::Serialize;
 use super::checkpoint::{self, TrainState};
 use super::config::{save_toml, TrainConfig};
 use super::data::{prefetched, Dataset, Subset};
+use super::ema::Ema;
 use super::feature_cache::{features_for, CacheKind, FeatureCache, Key};
 use super::inference::evaluate;
 use super::metrics_log::{EvalRecord, ResumeAt, StepRecord};
@@ -163,6 +165,7 @@ struct Run<'a, T: Task> {
     options: &'a RunOptions,
     config_json: serde_json::Value,
     optimizer: AdamW,
+    ema: Option<Ema>,
     state: TrainState,
     progress: Progress,
     last_metrics: Option<Metrics>,
@@ -180,13 +183,29 @@ impl<T: Task> Run<'_, T> {
             &self.options.last_checkpoint(),
             self.task.params(),
             &self.optimizer,
+            self.ema.as_ref(),
             &state,
             &self.config_json,
         )
     }
 
-    /// Evaluates, logs, keeps the best checkpoint and counts towards early stopping.
+    /// Evaluates, logs, keeps the best checkpoint and counts towards early stopping; with a
+    /// weight average, all of it on the average.
     fn evaluate<V>(&mut self, val: &Validation<V>) -> Result<Verdict>
+    where
+        V: Dataset<Input = T::Input, Target = T::Target>,
+    {
+        match self.ema.take() {
+            Some(ema) => {
+                let verdict = ema.with_averaged(self.task.params(), || self.evaluate_now(val));
+                self.ema = Some(ema);
+                verdict
+            }
+            None => self.evaluate_now(val),
+        }
+    }
+
+    fn evaluate_now<V>(&mut self, val: &Validation<V>) -> Result<Verdict>
     where
         V: Dataset<Input = T::Input, Target = T::Target>,
     {
@@ -216,6 +235,7 @@ impl<T: Task> Run<'_, T> {
                 &self.options.best_checkpoint(),
                 task.params(),
                 &self.optimizer,
+                None,
                 state,
                 &self.config_json,
             )?;
@@ -272,6 +292,7 @@ where
     }
     let params = task.params();
     let mut optimizer = AdamW::new(params, cfg.optimizer.clone())?;
+    let mut ema = cfg.ema.map(|d| Ema::new(params, d)).transpose()?;
     let steps_per_epoch = train.len().div_ceil(cfg.batch) as u64;
     let lengths: Option<Vec<usize>> = if cfg.group_by_length {
         (0..train.len()).map(|i| train.length(i)).collect()
@@ -313,6 +334,10 @@ where
         }
         ck.restore_params(params)?;
         optimizer.load_state(&ck.tensors, ck.state.step)?;
+        if let Some(ema) = &mut ema {
+            ema.load_state(&ck.tensors)
+                .with_context(|| format!("resuming from {}", path.display()))?;
+        }
         let mut state = ck.state;
         // A finished run resumed with a longer budget (or, if it stopped early, a larger
         // patience) goes on, from the batch after its last step: a step budget may have cut
@@ -379,6 +404,7 @@ where
         options,
         config_json: serde_json::to_value(resolved)?,
         optimizer,
+        ema,
         state,
         progress,
         last_metrics: None,
@@ -433,6 +459,9 @@ where
             run.optimizer
                 .step(&grads, lr)
                 .with_context(|| format!("step {}", step + 1))?;
+            if let Some(ema) = &mut run.ema {
+                ema.update(task.params())?;
+            }
             run.state.step += 1;
             run.state.batch = first_batch + i + 1;
             steps_this_run += 1;
