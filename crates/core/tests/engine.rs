@@ -56,6 +56,17 @@ fn snapshot(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// `fit` of `task` with the same configuration as run settings and as the saved one.
+fn fit_with(
+    task: &Classify,
+    data: &Images,
+    val: &Images,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+) -> Result<downstream_core::train::FitReport> {
+    fit(task, data, Some(val), cfg, cfg, opts)
+}
+
 #[test]
 fn a_finished_run_resumed_with_a_longer_budget_goes_on_and_as_it_was_stays_done() {
     let cfg = config(Freeze::Full);
@@ -181,15 +192,7 @@ fn a_resumed_run_ends_exactly_where_an_uninterrupted_one_does() {
 
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = model();
-    let report = fit(
-        &straight,
-        &data,
-        Some(&val),
-        &cfg,
-        &cfg,
-        &options(straight_dir.path()),
-    )
-    .unwrap();
+    let report = fit_with(&straight, &data, &val, &cfg, &options(straight_dir.path())).unwrap();
     assert!(report.finished);
     assert_eq!(report.steps, 9, "3 epochs of ceil(10 / 4) steps");
 
@@ -464,15 +467,7 @@ fn a_run_with_a_weight_average_evaluates_and_keeps_the_average_and_resumes_exact
     let (data, val) = (Images::new(10), Images::new(6));
     let straight_dir = tempfile::tempdir().unwrap();
     let straight = Classify::new(Freeze::Full);
-    let report = fit(
-        &straight,
-        &data,
-        Some(&val),
-        &cfg,
-        &cfg,
-        &options(straight_dir.path()),
-    )
-    .unwrap();
+    let report = fit_with(&straight, &data, &val, &cfg, &options(straight_dir.path())).unwrap();
     // The raw weights train as they would without the average.
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = Classify::new(Freeze::Full);
@@ -480,15 +475,7 @@ fn a_run_with_a_weight_average_evaluates_and_keeps_the_average_and_resumes_exact
         ema: None,
         ..cfg.clone()
     };
-    fit(
-        &plain,
-        &data,
-        Some(&val),
-        &plain_cfg,
-        &plain_cfg,
-        &options(plain_dir.path()),
-    )
-    .unwrap();
+    fit_with(&plain, &data, &val, &plain_cfg, &options(plain_dir.path())).unwrap();
     assert_eq!(snapshot(&straight.params), snapshot(&plain.params));
 
     // The last evaluation (step 9) was of the average: the last checkpoint's `ema.*` are what
@@ -536,21 +523,13 @@ fn a_run_with_a_weight_average_evaluates_and_keeps_the_average_and_resumes_exact
         stop_after: Some(4),
         ..options(split_dir.path())
     };
-    fit(
-        &Classify::new(Freeze::Full),
-        &data,
-        Some(&val),
-        &cfg,
-        &cfg,
-        &opts,
-    )
-    .unwrap();
+    fit_with(&Classify::new(Freeze::Full), &data, &val, &cfg, &opts).unwrap();
     let resumed = Classify::new(Freeze::Full);
     let opts = RunOptions {
         resume: true,
         ..options(split_dir.path())
     };
-    let report2 = fit(&resumed, &data, Some(&val), &cfg, &cfg, &opts).unwrap();
+    let report2 = fit_with(&resumed, &data, &val, &cfg, &opts).unwrap();
     assert_eq!(snapshot(&straight.params), snapshot(&resumed.params));
     let b = checkpoint::load(&report2.last_checkpoint, &Device::Cpu).unwrap();
     for name in &trainable {
@@ -562,18 +541,11 @@ fn a_run_with_a_weight_average_evaluates_and_keeps_the_average_and_resumes_exact
         );
     }
     // A run started without the average cannot resume with one.
-    let err = fit(
-        &Classify::new(Freeze::Full),
-        &data,
-        Some(&val),
-        &cfg,
-        &cfg,
-        &RunOptions {
-            resume: true,
-            ..options(plain_dir.path())
-        },
-    )
-    .unwrap_err();
+    let opts = RunOptions {
+        resume: true,
+        ..options(plain_dir.path())
+    };
+    let err = fit_with(&Classify::new(Freeze::Full), &data, &val, &cfg, &opts).unwrap_err();
     assert!(format!("{err:#}").contains("without `ema`"), "{err:#}");
 }
 
