@@ -41,6 +41,8 @@ pub struct ModelConfig {
     pub box_weight: f64,
     /// The finest pyramid level also reads each patch's raw pixels (see `model::head`).
     pub pixel_skip: bool,
+    /// The box and quality branches get a tower of their own, as deep as the classes' one.
+    pub split_tower: bool,
 }
 
 impl Default for ModelConfig {
@@ -53,6 +55,7 @@ impl Default for ModelConfig {
             quality: Quality::default(),
             box_weight: 1.0,
             pixel_skip: false,
+            split_tower: false,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Detector {
             },
             model.width,
             model.tower,
+            model.split_tower,
             categories.len(),
             seed,
             device,

@@ -78,6 +78,9 @@ struct ModelArgs {
     /// a patch.
     #[arg(long)]
     pixel_skip: bool,
+    /// A tower of its own for the box and quality branches (as deep as `--tower`).
+    #[arg(long)]
+    split_tower: bool,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -223,6 +226,7 @@ fn train_config(
             cfg.model.box_weight = w;
         }
         cfg.model.pixel_skip |= model.pixel_skip;
+        cfg.model.split_tower |= model.split_tower;
     })
 }
 

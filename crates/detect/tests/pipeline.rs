@@ -480,7 +480,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
         "--box-voting",
     ])
     .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"])
-    .args(["--box-weight", "2.5", "--nms-iou", "0.45", "--pixel-skip"]);
+    .args(["--box-weight", "2.5", "--nms-iou", "0.45", "--pixel-skip"])
+    .arg("--split-tower");
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -492,13 +493,14 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     assert!(cfg.input.random_crop);
     assert_eq!(cfg.model.quality, detect::model::loss::Quality::Iou);
     assert_eq!((cfg.model.box_weight, cfg.postprocess.nms_iou), (2.5, 0.45));
-    assert!(cfg.model.pixel_skip);
+    assert!(cfg.model.pixel_skip && cfg.model.split_tower);
     assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
     assert!(cfg.postprocess.box_voting);
     let (_, detector) =
         pipeline::load_run(&runs.path().join("detect/flags"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(detector.blocks, vec![0, 2]);
     assert!(detector.pixel_skip && detector.params.get("head.p3.pixels.weight").is_some());
+    assert!(detector.params.get("head.box_tower1.weight").is_some());
 }
 
 /// The `detect train` command on the rectangles set with the tiny backbone, into `runs/NAME`.

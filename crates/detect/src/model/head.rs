@@ -14,6 +14,10 @@
 //! pixels through a linear map of its own, added to the one from the backbone's features: a
 //! ViT's features say where an object is to a patch, and box sides that must follow edges
 //! finer than that (tree crowns 20 pixels across, at patch 14) can use the pixels directly.
+//!
+//! With a split tower, the box sides and the quality score read a tower of their own, as in
+//! FCOS and YOLOX's decoupled head: what makes a location say "tree" (texture, colour) is not
+//! what places a box side on an edge, and one shared tower must serve both.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -47,6 +51,8 @@ pub struct DetectionHead {
     pixels: Option<Linear>,
     /// 3x3 convolutions, each followed by a norm, shared by all levels.
     tower: Vec<(Conv3x3, LayerNorm)>,
+    /// The box and quality branches' own tower, when split; empty when they share `tower`.
+    box_tower: Vec<(Conv3x3, LayerNorm)>,
     cls: Linear,
     reg: Linear,
     ctr: Linear,
@@ -67,11 +73,8 @@ impl Detach for DetectionHead {
             inputs: self.inputs.iter().map(Detach::detached).collect(),
             levels: self.levels.detached(),
             pixels: self.pixels.as_ref().map(Detach::detached),
-            tower: self
-                .tower
-                .iter()
-                .map(|(c, n)| (c.detached(), n.detached()))
-                .collect(),
+            tower: detached_tower(&self.tower),
+            box_tower: detached_tower(&self.box_tower),
             cls: self.cls.detached(),
             reg: self.reg.detached(),
             ctr: self.ctr.detached(),
@@ -79,10 +82,27 @@ impl Detach for DetectionHead {
     }
 }
 
+fn detached_tower(tower: &[(Conv3x3, LayerNorm)]) -> Vec<(Conv3x3, LayerNorm)> {
+    tower
+        .iter()
+        .map(|(c, n)| (c.detached(), n.detached()))
+        .collect()
+}
+
+/// Convolutions through a tower, each followed by its norm and a GELU.
+fn run_tower(tower: &[(Conv3x3, LayerNorm)], x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut x = x.clone();
+    for (conv, norm) in tower {
+        x = ops::gelu(&norm.forward(&conv.forward(&x)?)?)?;
+    }
+    Ok(x)
+}
+
 impl DetectionHead {
     /// New randomly initialised parameters in `store` (at the top depth), from `seed`, for
     /// `blocks` concatenated maps of `block_dim` channels each, followed by `pixel_dim`
-    /// channels of raw patch pixels (0: no pixel skip), with `tower` convolutions.
+    /// channels of raw patch pixels (0: no pixel skip), with `tower` convolutions (twice over
+    /// when `split_tower`: one tower for the classes, one for the box and quality).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &mut ParamStore,
@@ -91,6 +111,7 @@ impl DetectionHead {
         pixel_dim: usize,
         width: usize,
         tower: usize,
+        split_tower: bool,
         classes: usize,
         seed: u64,
         device: &Device,
@@ -125,20 +146,26 @@ impl DetectionHead {
         let pixels = (pixel_dim > 0)
             .then(|| init.linear("head.p3.pixels", pixel_dim, 4 * width))
             .transpose()?;
-        // The first keeps the name it had when the tower was one convolution, so that older
-        // checkpoints load.
-        let tower = (0..tower.max(1))
-            .map(|i| {
-                let name = match i {
-                    0 => "head.tower".to_string(),
-                    i => format!("head.tower{i}"),
-                };
-                Ok((
-                    init.conv3x3(&name, width, width)?,
-                    init.layer_norm(&format!("{name}_norm"), width, 1e-6)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let depth = tower.max(1);
+        let mut tower = |prefix: &str, count: usize| {
+            (0..count)
+                .map(|i| {
+                    // The first keeps the name it had when the tower was one convolution, so
+                    // that older checkpoints load.
+                    let name = match i {
+                        0 => format!("head.{prefix}"),
+                        i => format!("head.{prefix}{i}"),
+                    };
+                    Ok((
+                        init.conv3x3(&name, width, width)?,
+                        init.layer_norm(&format!("{name}_norm"), width, 1e-6)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let shared = tower("tower", depth)?;
+        let box_tower = tower("box_tower", if split_tower { depth } else { 0 })?;
+        let tower = shared;
         // Every class starts at probability 0.01 so that the many background locations do
         // not swamp the first steps (FCOS, RetinaNet).
         let prior = -((1.0f64 - 0.01) / 0.01).ln() as f32;
@@ -150,6 +177,7 @@ impl DetectionHead {
             levels,
             pixels,
             tower,
+            box_tower,
             cls,
             reg,
             ctr,
@@ -199,18 +227,21 @@ impl DetectionHead {
         let mut reg = Vec::with_capacity(3);
         let mut ctr = Vec::with_capacity(3);
         for (level, x) in [p3, p4, p5].iter().zip(maps) {
-            // The tower is shared by all levels and short by default (one convolution): the ViT
-            // features already carry global context, and on a CPU the convolutions dominate
-            // the head's cost. A frozen backbone leaves more to the head, hence `tower`.
-            let mut x = ops::gelu(&level.norm.forward(&x)?)?;
-            for (conv, norm) in &self.tower {
-                x = ops::gelu(&norm.forward(&conv.forward(&x)?)?)?;
-            }
+            // The towers are shared by all levels and short by default (one convolution): the
+            // ViT features already carry global context, and on a CPU the convolutions
+            // dominate the head's cost. A frozen backbone leaves more to the head, hence
+            // `tower`.
+            let x = ops::gelu(&level.norm.forward(&x)?)?;
             let (b, h, w, c) = x.dims4()?;
-            let x = x.reshape((b, h * w, c))?;
-            cls.push(self.cls.forward(&x)?);
-            reg.push(self.reg.forward(&x)?);
-            ctr.push(self.ctr.forward(&x)?.squeeze(2)?);
+            let classes = run_tower(&self.tower, &x)?.reshape((b, h * w, c))?;
+            let boxes = if self.box_tower.is_empty() {
+                classes.clone()
+            } else {
+                run_tower(&self.box_tower, &x)?.reshape((b, h * w, c))?
+            };
+            cls.push(self.cls.forward(&classes)?);
+            reg.push(self.reg.forward(&boxes)?);
+            ctr.push(self.ctr.forward(&boxes)?.squeeze(2)?);
         }
         Ok(HeadOutput {
             class_logits: Tensor::cat(&cls, 1)?,
@@ -267,7 +298,7 @@ mod tests {
     fn the_pixel_skip_reaches_the_finest_level_alone_and_learns() {
         let dev = Device::Cpu;
         let mut store = ParamStore::new();
-        let head = DetectionHead::new(&mut store, 8, 1, 12, 16, 1, 2, 0, &dev).unwrap();
+        let head = DetectionHead::new(&mut store, 8, 1, 12, 16, 1, false, 2, 0, &dev).unwrap();
         // 4x4 patches of 8 feature channels, then 12 pixel channels.
         let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
         let pixels = Tensor::randn(0f32, 1.0, (1, 4, 4, 12), &dev).unwrap();
@@ -302,5 +333,49 @@ mod tests {
                 .unwrap()
                 > 0.0
         );
+    }
+
+    #[test]
+    fn a_split_tower_keeps_the_box_branch_apart_from_the_classes() {
+        let dev = Device::Cpu;
+        let magnitude = |g: &Tensor| -> f32 {
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
+        // Shared: both outputs reach the one tower.
+        let mut store = ParamStore::new();
+        let head = DetectionHead::new(&mut store, 8, 1, 0, 16, 2, false, 2, 0, &dev).unwrap();
+        assert!(store.get("head.box_tower.weight").is_none());
+        let out = head.forward(&features).unwrap();
+        let grads = out.box_log.sum_all().unwrap().backward().unwrap();
+        let shared = store.get("head.tower1.weight").unwrap();
+        assert!(magnitude(grads.get(shared.tensor()).unwrap()) > 0.0);
+        // Split: the boxes and quality train the box tower alone, the classes the other.
+        let mut store = ParamStore::new();
+        let head = DetectionHead::new(&mut store, 8, 1, 0, 16, 2, true, 2, 0, &dev).unwrap();
+        let (classes, boxes) = (
+            store.get("head.tower1.weight").unwrap(),
+            store.get("head.box_tower1.weight").unwrap(),
+        );
+        assert_eq!(classes.tensor().dims(), boxes.tensor().dims());
+        let out = head.forward(&features).unwrap();
+        for (output, own, other) in [
+            (&out.class_logits, &classes, &boxes),
+            (&out.box_log, &boxes, &classes),
+            (&out.centerness, &boxes, &classes),
+        ] {
+            let grads = output.sum_all().unwrap().backward().unwrap();
+            assert!(magnitude(grads.get(own.tensor()).unwrap()) > 0.0);
+            assert!(grads
+                .get(other.tensor())
+                .is_none_or(|g| magnitude(g) == 0.0));
+        }
     }
 }
