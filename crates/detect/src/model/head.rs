@@ -321,33 +321,24 @@ mod tests {
         let loss = a.class_logits.sum_all().unwrap();
         let grads = loss.backward().unwrap();
         let skip = store.get("head.p3.pixels.weight").unwrap();
-        let g = grads.get(skip.tensor()).unwrap();
-        assert!(
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.0
-        );
+        assert!(magnitude(grads.get(skip.tensor()).unwrap()) > 0.0);
+    }
+
+    /// The summed absolute value of a gradient.
+    fn magnitude(g: &Tensor) -> f32 {
+        g.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
     fn a_split_tower_keeps_the_box_branch_apart_from_the_classes() {
         let dev = Device::Cpu;
-        let magnitude = |g: &Tensor| -> f32 {
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
         // Shared: both outputs reach the one tower.
         let mut store = ParamStore::new();
