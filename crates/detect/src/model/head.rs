@@ -147,7 +147,7 @@ impl DetectionHead {
             .then(|| init.linear("head.p3.pixels", pixel_dim, 4 * width))
             .transpose()?;
         let depth = tower.max(1);
-        let mut tower = |prefix: &str, count: usize| {
+        let mut build_tower = |prefix: &str, count: usize| {
             (0..count)
                 .map(|i| {
                     // The first keeps the name it had when the tower was one convolution, so
@@ -163,9 +163,8 @@ impl DetectionHead {
                 })
                 .collect::<Result<Vec<_>>>()
         };
-        let shared = tower("tower", depth)?;
-        let box_tower = tower("box_tower", if split_tower { depth } else { 0 })?;
-        let tower = shared;
+        let tower = build_tower("tower", depth)?;
+        let box_tower = build_tower("box_tower", if split_tower { depth } else { 0 })?;
         // Every class starts at probability 0.01 so that the many background locations do
         // not swamp the first steps (FCOS, RetinaNet).
         let prior = -((1.0f64 - 0.01) / 0.01).ln() as f32;
