@@ -18,6 +18,7 @@ use crate::data::{Category, DetectionSet};
 use crate::dataset::Target;
 use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::Geometry;
+use crate::model::coding::BoxCoding;
 use crate::model::head::{patch_pixels, DetectionHead};
 use crate::model::loss::{fcos_loss, Quality};
 use crate::model::postprocess::{decode, BoxDet, Flip, PostProcess};
@@ -43,6 +44,9 @@ pub struct ModelConfig {
     pub pixel_skip: bool,
     /// The box and quality branches get a tower of their own, as deep as the classes' one.
     pub split_tower: bool,
+    /// Each box side as a distribution over this many steps plus one (GFL's distribution
+    /// focal loss, see `model::coding`); 0 for FCOS's single exponential output.
+    pub box_bins: usize,
 }
 
 impl Default for ModelConfig {
@@ -56,6 +60,7 @@ impl Default for ModelConfig {
             box_weight: 1.0,
             pixel_skip: false,
             split_tower: false,
+            box_bins: 0,
         }
     }
 }
@@ -137,6 +142,7 @@ impl Detector {
             model.width,
             model.tower,
             model.split_tower,
+            BoxCoding::from_bins(model.box_bins),
             categories.len(),
             seed,
             device,

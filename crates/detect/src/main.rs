@@ -81,6 +81,10 @@ struct ModelArgs {
     /// A tower of its own for the box and quality branches (as deep as `--tower`).
     #[arg(long)]
     split_tower: bool,
+    /// Each box side as a distribution over this many steps (GFL's distribution focal loss,
+    /// e.g. 16); 0 for FCOS's single output per side.
+    #[arg(long, value_name = "STEPS")]
+    box_bins: Option<usize>,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -227,6 +231,9 @@ fn train_config(
         }
         cfg.model.pixel_skip |= model.pixel_skip;
         cfg.model.split_tower |= model.split_tower;
+        if let Some(n) = model.box_bins {
+            cfg.model.box_bins = n;
+        }
     })
 }
 

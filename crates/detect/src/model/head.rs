@@ -27,6 +27,8 @@ use downstream_core::ParamStore;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::coding::BoxCoding;
+
 struct Level {
     /// Into the level's resolution and width.
     proj: Linear,
@@ -37,8 +39,9 @@ struct Level {
 pub struct HeadOutput {
     /// `[B, L, K]` class logits.
     pub class_logits: Tensor,
-    /// `[B, L, 4]` log distances to the box sides, in strides.
-    pub box_log: Tensor,
+    /// `[B, L, C]` raw box outputs, which `coding` turns into distances to the sides.
+    pub boxes: Tensor,
+    pub coding: BoxCoding,
     /// `[B, L]` centre-ness logits.
     pub centerness: Tensor,
 }
@@ -56,6 +59,7 @@ pub struct DetectionHead {
     cls: Linear,
     reg: Linear,
     ctr: Linear,
+    coding: BoxCoding,
 }
 
 impl Detach for Level {
@@ -78,6 +82,7 @@ impl Detach for DetectionHead {
             cls: self.cls.detached(),
             reg: self.reg.detached(),
             ctr: self.ctr.detached(),
+            coding: self.coding,
         }
     }
 }
@@ -102,7 +107,8 @@ impl DetectionHead {
     /// New randomly initialised parameters in `store` (at the top depth), from `seed`, for
     /// `blocks` concatenated maps of `block_dim` channels each, followed by `pixel_dim`
     /// channels of raw patch pixels (0: no pixel skip), with `tower` convolutions (twice over
-    /// when `split_tower`: one tower for the classes, one for the box and quality).
+    /// when `split_tower`: one tower for the classes, one for the box and quality), and box
+    /// outputs for `coding`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &mut ParamStore,
@@ -112,6 +118,7 @@ impl DetectionHead {
         width: usize,
         tower: usize,
         split_tower: bool,
+        coding: BoxCoding,
         classes: usize,
         seed: u64,
         device: &Device,
@@ -169,7 +176,7 @@ impl DetectionHead {
         // not swamp the first steps (FCOS, RetinaNet).
         let prior = -((1.0f64 - 0.01) / 0.01).ln() as f32;
         let cls = init.linear_with_bias("head.cls", width, classes, prior)?;
-        let reg = init.linear("head.reg", width, 4)?;
+        let reg = init.linear("head.reg", width, coding.channels())?;
         let ctr = init.linear("head.ctr", width, 1)?;
         Ok(Self {
             inputs,
@@ -180,6 +187,7 @@ impl DetectionHead {
             cls,
             reg,
             ctr,
+            coding,
         })
     }
 
@@ -244,7 +252,8 @@ impl DetectionHead {
         }
         Ok(HeadOutput {
             class_logits: Tensor::cat(&cls, 1)?,
-            box_log: Tensor::cat(&reg, 1)?,
+            boxes: Tensor::cat(&reg, 1)?,
+            coding: self.coding,
             centerness: Tensor::cat(&ctr, 1)?,
         })
     }
@@ -297,7 +306,20 @@ mod tests {
     fn the_pixel_skip_reaches_the_finest_level_alone_and_learns() {
         let dev = Device::Cpu;
         let mut store = ParamStore::new();
-        let head = DetectionHead::new(&mut store, 8, 1, 12, 16, 1, false, 2, 0, &dev).unwrap();
+        let head = DetectionHead::new(
+            &mut store,
+            8,
+            1,
+            12,
+            16,
+            1,
+            false,
+            BoxCoding::Exp,
+            2,
+            0,
+            &dev,
+        )
+        .unwrap();
         // 4x4 patches of 8 feature channels, then 12 pixel channels.
         let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
         let pixels = Tensor::randn(0f32, 1.0, (1, 4, 4, 12), &dev).unwrap();
@@ -307,7 +329,7 @@ mod tests {
         };
         let (a, b) = (run(&pixels), run(&pixels.zeros_like().unwrap()));
         // Level sizes 64 (stride p/2), 16, 4: only the first 64 locations may differ.
-        let diff = (a.box_log - b.box_log)
+        let diff = (a.boxes - b.boxes)
             .unwrap()
             .abs()
             .unwrap()
@@ -341,15 +363,29 @@ mod tests {
         let features = Tensor::randn(0f32, 1.0, (1, 4, 4, 8), &dev).unwrap();
         // Shared: both outputs reach the one tower.
         let mut store = ParamStore::new();
-        let head = DetectionHead::new(&mut store, 8, 1, 0, 16, 2, false, 2, 0, &dev).unwrap();
+        let head = DetectionHead::new(
+            &mut store,
+            8,
+            1,
+            0,
+            16,
+            2,
+            false,
+            BoxCoding::Exp,
+            2,
+            0,
+            &dev,
+        )
+        .unwrap();
         assert!(store.get("head.box_tower.weight").is_none());
         let out = head.forward(&features).unwrap();
-        let grads = out.box_log.sum_all().unwrap().backward().unwrap();
+        let grads = out.boxes.sum_all().unwrap().backward().unwrap();
         let shared = store.get("head.tower1.weight").unwrap();
         assert!(magnitude(grads.get(shared.tensor()).unwrap()) > 0.0);
         // Split: the boxes and quality train the box tower alone, the classes the other.
         let mut store = ParamStore::new();
-        let head = DetectionHead::new(&mut store, 8, 1, 0, 16, 2, true, 2, 0, &dev).unwrap();
+        let head = DetectionHead::new(&mut store, 8, 1, 0, 16, 2, true, BoxCoding::Exp, 2, 0, &dev)
+            .unwrap();
         let (classes, boxes) = (
             store.get("head.tower1.weight").unwrap(),
             store.get("head.box_tower1.weight").unwrap(),
@@ -358,7 +394,7 @@ mod tests {
         let out = head.forward(&features).unwrap();
         for (output, own, other) in [
             (&out.class_logits, &classes, &boxes),
-            (&out.box_log, &boxes, &classes),
+            (&out.boxes, &boxes, &classes),
             (&out.centerness, &boxes, &classes),
         ] {
             let grads = output.sum_all().unwrap().backward().unwrap();

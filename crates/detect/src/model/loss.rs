@@ -1,7 +1,9 @@
 //! The FCOS loss, summed over a batch (the engine divides by the batch's positive count):
 //! sigmoid focal loss on every location and class, generalised IoU on the box of each
 //! positive location (times a box weight, 1 in FCOS: more makes the head trade recall for
-//! tighter boxes), and binary cross-entropy on its localisation quality.
+//! tighter boxes), binary cross-entropy on its localisation quality, and, when the sides are
+//! coded as distributions, their distribution focal loss
+//! ([`BoxCoding`](super::coding::BoxCoding)).
 //!
 //! The quality branch learns FCOS's centre-ness of the location by default, or, with
 //! [`Quality::Iou`], the overlap its own predicted box reaches with the true one (a constant
@@ -9,7 +11,7 @@
 //! is what AP at strict overlaps rewards when objects span only a few locations.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::assign::{Assigned, Geometry};
 use super::head::HeadOutput;
@@ -86,23 +88,6 @@ fn giou_loss(pred: &Tensor, target: &Tensor) -> candle_core::Result<(Tensor, Ten
     Ok(((giou.neg()? + 1.0)?.sum_all()?, iou))
 }
 
-/// Side distances in pixels from the head's log outputs: `exp(x) * stride`, with `x` bounded
-/// so that a wild early prediction cannot overflow.
-pub fn decode_distances(box_log: &Tensor, strides: &Tensor) -> candle_core::Result<Tensor> {
-    box_log.clamp(-8f32, 8f32)?.exp()?.broadcast_mul(strides)
-}
-
-/// Per-location strides `[L, 1]`.
-pub fn stride_column(geometry: &Geometry, device: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = geometry
-        .levels
-        .iter()
-        .flat_map(|&(s, h, w)| std::iter::repeat_n(s as f32, h * w))
-        .collect();
-    let n = v.len();
-    Tensor::from_vec(v, (n, 1), device)
-}
-
 /// The summed loss of a batch and its number of positive locations.
 pub fn fcos_loss(
     out: &HeadOutput,
@@ -132,13 +117,21 @@ pub fn fcos_loss(
     let p = pos_index.len();
     if p > 0 {
         let idx = Tensor::from_vec(pos_index, p, device)?;
-        let strides = stride_column(geometry, device)?
+        let coding = out.coding;
+        let scale = coding
+            .scale_column(geometry, device)?
             .repeat((b, 1))?
             .index_select(&idx, 0)?;
-        let pred = decode_distances(
-            &out.box_log.reshape((b * l, 4))?.index_select(&idx, 0)?,
-            &strides,
-        )?;
+        let raw = out
+            .boxes
+            .reshape((b * l, coding.channels()))?
+            .index_select(&idx, 0)?;
+        let pred = coding.decode(&raw, &scale)?;
+        if let Some(dfl) =
+            coding.distribution_loss(&raw, &ltrb, &scale.flatten_all()?.to_vec1()?)?
+        {
+            total = (total + dfl)?;
+        }
         let target = Tensor::from_vec(ltrb, (p, 4), device)?;
         let (giou, iou) = giou_loss(&pred, &target)?;
         total = (total + (giou * box_weight)?)?;
@@ -155,7 +148,7 @@ pub fn fcos_loss(
         // present (as FCOS implementations do), instead of leaving those parameters out of
         // the step, which the engine refuses. (A product with the scalar 0.0 would not do:
         // candle's backward prunes it.)
-        let unused = (out.box_log.sum_all()? + out.centerness.sum_all()?)?;
+        let unused = (out.boxes.sum_all()? + out.centerness.sum_all()?)?;
         total = (total + unused.mul(&unused.zeros_like()?)?)?;
     }
     Ok(total.to_dtype(DType::F32)?)
@@ -164,7 +157,9 @@ pub fn fcos_loss(
 #[cfg(test)]
 mod tests {
     use super::super::assign::Assigned;
+    use super::super::coding::BoxCoding;
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn giou_is_zero_for_identical_boxes_and_grows_apart() {
@@ -191,7 +186,8 @@ mod tests {
         let x = 0.5f32;
         let out = HeadOutput {
             class_logits: Tensor::zeros((1, l, 1), DType::F32, &dev).unwrap(),
-            box_log: Tensor::zeros((1, l, 4), DType::F32, &dev).unwrap(),
+            boxes: Tensor::zeros((1, l, 4), DType::F32, &dev).unwrap(),
+            coding: BoxCoding::Exp,
             centerness: Tensor::full(x, (1, l), &dev).unwrap(),
         };
         let mut targets = vec![None; l];
@@ -218,6 +214,57 @@ mod tests {
         let diff = loss(Quality::Centerness, 3.0) - loss(Quality::Centerness, 1.0);
         assert!((diff - 2.0 * 0.75).abs() < 1e-5, "{diff}");
         assert_eq!("iou".parse::<Quality>(), Ok(Quality::Iou));
+    }
+
+    #[test]
+    fn sides_coded_as_distributions_add_their_loss_to_the_box_overlap() {
+        let dev = Device::Cpu;
+        let geometry = Geometry::new(28, 14);
+        let l = geometry.len();
+        let mut targets = vec![None; l];
+        // Level 0 (stride 7, span 28): sides of 14 and 7 pixels.
+        for (j, side) in [(0, 14f32), (1, 7.0)] {
+            targets[j] = Some(Assigned {
+                class: 0,
+                ltrb: [side; 4],
+                centerness: 0.5,
+            });
+        }
+        let loss = |boxes: Tensor, coding| {
+            let out = HeadOutput {
+                class_logits: Tensor::zeros((1, l, 1), DType::F32, &dev).unwrap(),
+                boxes,
+                coding,
+                centerness: Tensor::zeros((1, l), DType::F32, &dev).unwrap(),
+            };
+            fcos_loss(
+                &out,
+                &[targets.as_slice()],
+                &geometry,
+                Quality::Centerness,
+                1.0,
+            )
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+        };
+        // Even logits over 0, 14 and 28 pixels decode to 14 at level 0, as `exp(ln 2)` strides
+        // do: the same boxes, so the difference is the distribution loss alone, the
+        // cross-entropy ln 3 of each side, a quarter of it averaged over the four per box.
+        let bins = loss(
+            Tensor::zeros((1, l, 12), DType::F32, &dev).unwrap(),
+            BoxCoding::Bins(2),
+        );
+        let exp = loss(
+            Tensor::full(2f32.ln(), (1, l, 4), &dev).unwrap(),
+            BoxCoding::Exp,
+        );
+        let want = 2.0 * 0.25 * 3f32.ln();
+        assert!(
+            (bins - exp - want).abs() < 1e-4,
+            "{} against {want}",
+            bins - exp
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The detector: pyramid and head ([`head`]), training targets ([`assign`]), loss ([`loss`])
-//! and turning outputs into boxes ([`postprocess`]).
+//! The detector: pyramid and head ([`head`]), training targets ([`assign`]), how box outputs
+//! encode the sides ([`coding`]), loss ([`loss`]) and turning outputs into boxes
+//! ([`postprocess`]).
 
 pub mod assign;
+pub mod coding;
 pub mod head;
 pub mod loss;
 pub mod postprocess;

@@ -12,7 +12,6 @@ use candle_core::{Device, Tensor, D};
 
 use super::assign::Geometry;
 use super::head::HeadOutput;
-use super::loss::{decode_distances, stride_column};
 
 /// One detection in input pixels, `[x0, y0, x1, y1]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -177,8 +176,10 @@ pub fn decode(out: &HeadOutput, geometry: &Geometry, pp: &PostProcess) -> Result
     let prob = sigmoid(&out.class_logits)?;
     let ctr = sigmoid(&out.centerness)?.unsqueeze(D::Minus1)?;
     let scores: Vec<Vec<Vec<f32>>> = prob.broadcast_mul(&ctr)?.sqrt()?.to_vec3()?;
-    let dist: Vec<Vec<Vec<f32>>> =
-        decode_distances(&out.box_log, &stride_column(geometry, dev)?)?.to_vec3()?;
+    let dist: Vec<Vec<Vec<f32>>> = out
+        .coding
+        .decode(&out.boxes, &out.coding.scale_column(geometry, dev)?)?
+        .to_vec3()?;
     let locations = geometry.locations();
     let mut result = Vec::with_capacity(b);
     for i in 0..b {
