@@ -44,8 +44,8 @@ pub struct ModelConfig {
     pub pixel_skip: bool,
     /// The box and quality branches get a tower of their own, as deep as the classes' one.
     pub split_tower: bool,
-    /// Each box side as a distribution over this many steps plus one (GFL's distribution
-    /// focal loss, see `model::coding`); 0 for FCOS's single exponential output.
+    /// Each box side as a distribution over N + 1 distances N equal steps apart (GFL's
+    /// distribution focal loss, see `model::coding`); 0 for FCOS's one exponential output.
     pub box_bins: usize,
 }
 

@@ -81,8 +81,8 @@ struct ModelArgs {
     /// A tower of its own for the box and quality branches (as deep as `--tower`).
     #[arg(long)]
     split_tower: bool,
-    /// Each box side as a distribution over this many steps (GFL's distribution focal loss,
-    /// e.g. 16); 0 for FCOS's single output per side.
+    /// Each box side as a distribution over STEPS + 1 distances (GFL's distribution focal
+    /// loss, e.g. 16); 0 for FCOS's one output per side.
     #[arg(long, value_name = "STEPS")]
     box_bins: Option<usize>,
 }

@@ -11,18 +11,21 @@
 //! them, and its mean stays where the evidence is. GFL measured the gain at strict overlaps
 //! (AP75), which is what AP over 0.5-0.95 rewards.
 //!
-//! The span of a level is the size range the assigner gives it ([`Geometry::size_range`]):
-//! every side of a box assigned there is at most that far, so no target is clipped and the
-//! bins are as fine as they can be. The coarsest level's range is open; the input's side
-//! bounds it.
+//! The span of a level is the upper end of the size range the assigner gives it
+//! ([`Geometry::size_range`]): every side of a box assigned there is at most that far, so no
+//! target is clipped and no step is wasted. The coarsest level's range is open; the input's
+//! side bounds it, loosely (a positive location lies near its box's centre, so its sides
+//! reach a little over half the input at most), which costs that level's steps some
+//! fineness and keeps the bound simple.
 
 use candle_core::{Device, Tensor, D};
 use downstream_core::nn::ops;
 
 use super::assign::Geometry;
 
-/// The weight of the distribution focal loss, per location and averaged over its four sides
-/// (GFL's setting, next to a GIoU weight of 1 here, 2 there).
+/// The weight of the distribution focal loss, per location and averaged over its four sides.
+/// GFL's value, not tuned here: next to this head's GIoU weight of 1 (GFL's is 2) it has twice
+/// GFL's share of the box loss, and `--box-weight` scales the GIoU alone.
 const DISTRIBUTION_WEIGHT: f64 = 0.25;
 
 /// How the head's raw box outputs encode the side distances.
@@ -51,10 +54,10 @@ impl BoxCoding {
         }
     }
 
-    /// Per-location pixels `[L, 1]` that a decoded unit stands for: the stride for FCOS,
-    /// the level's span for bins.
-    pub fn scale_column(self, geometry: &Geometry, device: &Device) -> candle_core::Result<Tensor> {
-        let v: Vec<f32> = geometry
+    /// Per-location pixels that a decoded unit stands for, level by level: the stride for
+    /// FCOS, the level's span for bins.
+    pub fn scales(self, geometry: &Geometry) -> Vec<f32> {
+        geometry
             .levels
             .iter()
             .enumerate()
@@ -65,7 +68,12 @@ impl BoxCoding {
                 };
                 std::iter::repeat_n(scale, h * w)
             })
-            .collect();
+            .collect()
+    }
+
+    /// [`Self::scales`] as a column `[L, 1]`.
+    pub fn scale_column(self, geometry: &Geometry, device: &Device) -> candle_core::Result<Tensor> {
+        let v = self.scales(geometry);
         let n = v.len();
         Tensor::from_vec(v, (n, 1), device)
     }
@@ -106,7 +114,8 @@ impl BoxCoding {
         for (i, side) in sides.chunks_exact(4).enumerate() {
             for (k, &d) in side.iter().enumerate() {
                 let t = (d / scale[i] * n as f32).clamp(0.0, n as f32 - 1e-3);
-                let lo = t.floor() as usize;
+                // The bound again on the index: for a very large `n` the clamp rounds to `n`.
+                let lo = (t.floor() as usize).min(n - 1);
                 let at = (i * 4 + k) * (n + 1) + lo;
                 weights[at] = (lo + 1) as f32 - t;
                 weights[at + 1] = t - lo as f32;
@@ -181,20 +190,29 @@ mod tests {
     #[test]
     fn a_distribution_decodes_to_its_mean() {
         let dev = Device::Cpu;
-        // Two steps (distances 0, 1/2, 1 of the span): all mass on the middle one, then an
-        // even split between 0 and 1; each side alike.
+        // Two steps (distances 0, 1/2 and 1 of the span), a different distribution per side:
+        // all on the last, all on the first, 3:1 between the first and last, all on the
+        // middle; the second location has them in reverse order and twice the scale.
         let big = 40f32;
-        let one = [0.0, big, 0.0].repeat(4);
-        let even = [big, 0.0, big].repeat(4);
-        let raw = Tensor::from_vec([one, even].concat(), (2, 12), &dev).unwrap();
+        let sides = [
+            [0.0, 0.0, big],
+            [big, 0.0, 0.0],
+            [3f32.ln(), -big, 0.0],
+            [0.0, big, 0.0],
+        ];
+        let fractions = [1.0, 0.0, 0.25, 0.5];
+        let first: Vec<f32> = sides.concat();
+        let second: Vec<f32> = sides.iter().rev().flatten().copied().collect();
+        let raw = Tensor::from_vec([first, second].concat(), (2, 12), &dev).unwrap();
         let scale = Tensor::new(&[[10f32], [20.0]], &dev).unwrap();
         let d: Vec<Vec<f32>> = BoxCoding::Bins(2)
             .decode(&raw, &scale)
             .unwrap()
             .to_vec2()
             .unwrap();
-        for (row, want) in d.iter().zip([5.0, 10.0]) {
-            assert!(row.iter().all(|&x| (x - want).abs() < 1e-4), "{d:?}");
+        for k in 0..4 {
+            assert!((d[0][k] - 10.0 * fractions[k]).abs() < 1e-4, "{d:?}");
+            assert!((d[1][k] - 20.0 * fractions[3 - k]).abs() < 1e-4, "{d:?}");
         }
         let raw = Tensor::new(&[[0f32, 1.0, -1.0, 8.5]], &dev).unwrap();
         let d: Vec<f32> = BoxCoding::Exp
@@ -214,17 +232,29 @@ mod tests {
     fn the_distribution_loss_is_the_cross_entropy_of_the_two_nearest_steps_and_trains_them() {
         let dev = Device::Cpu;
         let n = 4;
-        // Uniform outputs: every step has log-probability -ln 5, whatever the target.
-        let raw = Var::zeros((1, 4 * (n + 1)), DType::F32, &dev).unwrap();
-        // Span 8: sides at 2.6 (1.3 steps), 0, 8 (clamped below the last step) and 5.
-        let sides = [2.6f32, 0.0, 8.0, 5.0];
+        // Logits 0..4 on the steps of every side: log-probability `i - ln(sum e^j)`.
+        let steps: Vec<f32> = (0..=n).map(|i| i as f32).collect();
+        let raw =
+            Var::from_tensor(&Tensor::from_vec(steps.repeat(4), (1, 4 * (n + 1)), &dev).unwrap())
+                .unwrap();
+        // Span 8, two units a step: sides at 1.3 steps, 0, 2.5 and at the span (clamped just
+        // below the last step, last so that a missing clamp would reach past the row).
+        let sides = [2.6f32, 0.0, 5.0, 8.0];
         let loss = BoxCoding::Bins(n)
             .distribution_loss(raw.as_tensor(), &sides, &[8.0])
             .unwrap()
             .unwrap();
-        let want = DISTRIBUTION_WEIGHT / 4.0 * 4.0 * 5f64.ln();
+        let norm = (0..=n).map(|j| (j as f64).exp()).sum::<f64>().ln();
+        let log_p = |i: f64| i - norm;
+        let near = |t: f64| {
+            let lo = t.floor();
+            -((lo + 1.0 - t) * log_p(lo) + (t - lo) * log_p(lo + 1.0))
+        };
+        let want =
+            DISTRIBUTION_WEIGHT / 4.0 * (near(1.3) + near(0.0) + near(2.5) + near(n as f64 - 1e-3));
         let got = loss.to_scalar::<f32>().unwrap() as f64;
-        assert!((got - want).abs() < 1e-5, "{got} against {want}");
+        assert!((got - want).abs() < 1e-4, "{got} against {want}");
+        let raw = Var::zeros((1, 4 * (n + 1)), DType::F32, &dev).unwrap();
         // Gradient descent on it brings the mean of every side to the true one.
         let scale = Tensor::new(&[[8f32]], &dev).unwrap();
         let decode = |r: &Tensor| -> Vec<f32> {

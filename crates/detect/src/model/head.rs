@@ -41,6 +41,7 @@ pub struct HeadOutput {
     pub class_logits: Tensor,
     /// `[B, L, C]` raw box outputs, which `coding` turns into distances to the sides.
     pub boxes: Tensor,
+    /// The head's box coding, so that the loss and the boxes decode what it produced.
     pub coding: BoxCoding,
     /// `[B, L]` centre-ness logits.
     pub centerness: Tensor,

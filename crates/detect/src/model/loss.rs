@@ -99,7 +99,10 @@ pub fn fcos_loss(
     let device = out.class_logits.device();
     let (b, l, k) = out.class_logits.dims3()?;
     let mut onehot = vec![0f32; b * l * k];
+    let coding = out.coding;
+    let scales = coding.scales(geometry);
     let mut pos_index = Vec::new();
+    let mut pos_scale = Vec::new();
     let mut ltrb = Vec::new();
     let mut ctr = Vec::new();
     for (i, t) in targets.iter().enumerate() {
@@ -107,6 +110,7 @@ pub fn fcos_loss(
             if let Some(a) = a {
                 onehot[(i * l + j) * k + a.class] = 1.0;
                 pos_index.push((i * l + j) as u32);
+                pos_scale.push(scales[j]);
                 ltrb.extend_from_slice(&a.ltrb);
                 ctr.push(a.centerness);
             }
@@ -117,19 +121,13 @@ pub fn fcos_loss(
     let p = pos_index.len();
     if p > 0 {
         let idx = Tensor::from_vec(pos_index, p, device)?;
-        let coding = out.coding;
-        let scale = coding
-            .scale_column(geometry, device)?
-            .repeat((b, 1))?
-            .index_select(&idx, 0)?;
+        let scale = Tensor::from_vec(pos_scale.clone(), (p, 1), device)?;
         let raw = out
             .boxes
             .reshape((b * l, coding.channels()))?
             .index_select(&idx, 0)?;
         let pred = coding.decode(&raw, &scale)?;
-        if let Some(dfl) =
-            coding.distribution_loss(&raw, &ltrb, &scale.flatten_all()?.to_vec1()?)?
-        {
+        if let Some(dfl) = coding.distribution_loss(&raw, &ltrb, &pos_scale)? {
             total = (total + dfl)?;
         }
         let target = Tensor::from_vec(ltrb, (p, 4), device)?;
@@ -219,11 +217,12 @@ mod tests {
     #[test]
     fn sides_coded_as_distributions_add_their_loss_to_the_box_overlap() {
         let dev = Device::Cpu;
-        let geometry = Geometry::new(28, 14);
+        // 56 pixels at patch 14: 64 locations at stride 7 (span 28), then 16 at 14 (span 56).
+        let geometry = Geometry::new(56, 14);
         let l = geometry.len();
         let mut targets = vec![None; l];
-        // Level 0 (stride 7, span 28): sides of 14 and 7 pixels.
-        for (j, side) in [(0, 14f32), (1, 7.0)] {
+        // Sides at 1, 1.5 and 1.5 steps of two (half the span each).
+        for (j, side) in [(0, 14f32), (1, 21.0), (64, 42.0)] {
             targets[j] = Some(Assigned {
                 class: 0,
                 ltrb: [side; 4],
@@ -248,18 +247,25 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap()
         };
-        // Even logits over 0, 14 and 28 pixels decode to 14 at level 0, as `exp(ln 2)` strides
-        // do: the same boxes, so the difference is the distribution loss alone, the
-        // cross-entropy ln 3 of each side, a quarter of it averaged over the four per box.
+        // Logits 0, 0, 1 on every side: probabilities 1, 1, e over 2 + e, mean m of the span
+        // (4 strides at these levels), which `exp(ln 4m)` strides also decode to. The same
+        // boxes, so the difference is the distribution loss alone: per side `ln(2 + e)` at 1
+        // step, half a nat less at 1.5, a quarter of the four sides' sum per box.
+        let e = 1f32.exp();
+        let m = (0.5 + e) / (2.0 + e);
         let bins = loss(
-            Tensor::zeros((1, l, 12), DType::F32, &dev).unwrap(),
+            Tensor::new(&[0f32, 0.0, 1.0], &dev)
+                .unwrap()
+                .repeat((1, l, 4))
+                .unwrap(),
             BoxCoding::Bins(2),
         );
         let exp = loss(
-            Tensor::full(2f32.ln(), (1, l, 4), &dev).unwrap(),
+            Tensor::full((4.0 * m).ln(), (1, l, 4), &dev).unwrap(),
             BoxCoding::Exp,
         );
-        let want = 2.0 * 0.25 * 3f32.ln();
+        let ce = (2.0 + e).ln();
+        let want = 0.25 * (ce + 2.0 * (ce - 0.5));
         assert!(
             (bins - exp - want).abs() < 1e-4,
             "{} against {want}",
