@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Annotation, DetectionSet, ImageRecord};
-use crate::model::assign::{assign, Assigned, Geometry};
+use crate::model::assign::{Assigned, Assigner, Geometry};
 
 /// How images become model inputs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +95,8 @@ pub struct DetectionData {
     pub samples: Vec<Sample>,
     pub input: InputConfig,
     pub geometry: Geometry,
+    /// How the targets' positive locations are chosen (the detector sets its model's).
+    pub assigner: Assigner,
     /// Category id to class index.
     pub classes: BTreeMap<u64, usize>,
     boxes: Vec<Vec<(usize, [f64; 4])>>,
@@ -171,6 +173,7 @@ impl DetectionData {
             samples,
             input,
             geometry,
+            assigner: Assigner::default(),
             classes,
             boxes,
             truths,
@@ -243,7 +246,7 @@ impl Dataset for DetectionData {
                 Some((class, augment.boxed(b, size, self.input.min_visible)?))
             })
             .collect();
-        let assigned = assign(&self.geometry, &boxes);
+        let assigned = self.assigner.assign(&self.geometry, &boxes);
         let positives = assigned.iter().filter(|a| a.is_some()).count();
         Ok(Target {
             sample: Sample {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Category, DetectionSet};
 use crate::dataset::Target;
 use crate::metric::accumulate::CocoMetric;
-use crate::model::assign::Geometry;
+use crate::model::assign::{Assigner, Geometry};
 use crate::model::coding::BoxCoding;
 use crate::model::head::{patch_pixels, DetectionHead};
 use crate::model::loss::{fcos_loss, Quality};
@@ -47,6 +47,9 @@ pub struct ModelConfig {
     /// Each box side as a distribution over N + 1 distances N equal steps apart (GFL's
     /// distribution focal loss, see `model::coding`); 0 for FCOS's one exponential output.
     pub box_bins: usize,
+    /// How training locations become positives for a box: FCOS's size ranges and centre
+    /// sampling, or ATSS's statistics per box (see `model::assign`).
+    pub assign: Assigner,
 }
 
 impl Default for ModelConfig {
@@ -61,6 +64,7 @@ impl Default for ModelConfig {
             pixel_skip: false,
             split_tower: false,
             box_bins: 0,
+            assign: Assigner::Fcos,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Detector {
     pub params: ParamStore,
     pub frozen: bool,
     pub geometry: Geometry,
+    /// How training examples' positive locations are chosen.
+    pub assigner: Assigner,
     pub quality: Quality,
     pub box_weight: f64,
     pub postprocess: PostProcess,
@@ -156,6 +162,7 @@ impl Detector {
             params,
             frozen: mode == Freeze::Frozen,
             geometry,
+            assigner: model.assign,
             quality: model.quality,
             box_weight: model.box_weight,
             postprocess,
@@ -188,13 +195,15 @@ impl Detector {
         set: DetectionSet,
         input: &crate::dataset::InputConfig,
     ) -> Result<crate::dataset::DetectionData> {
-        crate::dataset::DetectionData::new(
+        let mut data = crate::dataset::DetectionData::new(
             set,
             input.clone(),
             self.backbone.patch_size(),
             self.class_index(),
             &self.params.device(),
-        )
+        )?;
+        data.assigner = self.assigner;
+        Ok(data)
     }
 
     /// The batch's maps of view `view` (0: unflipped).
@@ -323,6 +332,7 @@ impl Task for Detector {
             params: self.params.clone(),
             frozen: self.frozen,
             geometry: self.geometry.clone(),
+            assigner: self.assigner,
             quality: self.quality,
             box_weight: self.box_weight,
             postprocess: self.postprocess.clone(),

@@ -85,6 +85,10 @@ struct ModelArgs {
     /// loss, e.g. 16); 0 for FCOS's one output per side.
     #[arg(long, value_name = "STEPS")]
     box_bins: Option<usize>,
+    /// How training locations become positives: fcos (size ranges per level, centre
+    /// sampling) or atss (each box's own IoU statistics over its nearest locations).
+    #[arg(long)]
+    assign: Option<detect::model::assign::Assigner>,
 }
 
 /// Inference settings, beyond what the run's configuration says.
@@ -233,6 +237,9 @@ fn train_config(
         cfg.model.split_tower |= model.split_tower;
         if let Some(n) = model.box_bins {
             cfg.model.box_bins = n;
+        }
+        if let Some(a) = model.assign {
+            cfg.model.assign = a;
         }
     })
 }

@@ -481,7 +481,7 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     ])
     .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"])
     .args(["--box-weight", "2.5", "--nms-iou", "0.45", "--pixel-skip"])
-    .args(["--split-tower", "--box-bins", "4"]);
+    .args(["--split-tower", "--box-bins", "4", "--assign", "atss"]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -495,12 +495,14 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     assert_eq!((cfg.model.box_weight, cfg.postprocess.nms_iou), (2.5, 0.45));
     assert!(cfg.model.pixel_skip && cfg.model.split_tower);
     assert_eq!(cfg.model.box_bins, 4);
+    assert_eq!(cfg.model.assign, detect::model::assign::Assigner::Atss);
     assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
     assert!(cfg.postprocess.box_voting);
     let (_, detector) =
         pipeline::load_run(&runs.path().join("detect/flags"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(detector.blocks, vec![0, 2]);
     assert!(detector.pixel_skip && detector.params.get("head.p3.pixels.weight").is_some());
+    assert_eq!(detector.assigner, detect::model::assign::Assigner::Atss);
     assert!(detector.params.get("head.box_tower1.weight").is_some());
     // Four sides of five distances each, from the 16 channels of the head.
     let reg = detector.params.get("head.reg.weight").unwrap();

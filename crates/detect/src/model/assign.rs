@@ -1,10 +1,21 @@
-//! FCOS-style training targets: which ground-truth box (if any) each output location must
-//! predict, its distances to the box sides and its centre-ness.
+//! Training targets: which ground-truth box (if any) each output location must predict, its
+//! distances to the box sides and its centre-ness. Two rules choose the positives:
 //!
-//! A location is positive for a box when it lies inside the box, within 1.5 strides of the
-//! box centre (FCOS "centre sampling", which keeps border locations that see mostly
-//! background from being positives), and the box's size suits the location's pyramid level;
-//! among several such boxes the smallest wins.
+//! - FCOS (the default): a location is positive for a box when it lies inside the box, within
+//!   1.5 strides of the box centre (FCOS "centre sampling", which keeps border locations that
+//!   see mostly background from being positives), and the box's size suits the location's
+//!   pyramid level; among several such boxes the smallest wins. The fixed size ranges split a
+//!   box whose size lies near a boundary between two levels by where each location sits.
+//! - ATSS (Zhang et al. 2020, "Bridging the gap between anchor-based and anchor-free
+//!   detection"): for each box, the 9 locations of each level nearest its centre are
+//!   candidates, each with a square of 8 strides (the size FCOS's ranges give the level)
+//!   centred on it; the box's own threshold is the mean plus the standard deviation of those
+//!   squares' IoUs with the box, and the candidates inside the box at or above it are
+//!   positives, so each box picks its level(s) and count from its own statistics instead of
+//!   fixed ranges; a location claimed by several boxes takes the one it overlaps most. Where
+//!   no candidate reaches the threshold (on DeepForest at 336 pixels, 7% of the crowns: their
+//!   size lies between two levels' squares), the best one inside the box is the positive;
+//!   the paper leaves such a box without any.
 
 /// Where the detector's outputs sit in the input image.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,44 +89,148 @@ pub struct Assigned {
     pub centerness: f32,
 }
 
-/// Targets for every location of `geometry` from boxes `(class, [x0, y0, x1, y1])`.
-pub fn assign(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned>> {
+/// The rule that chooses each box's positive locations (see the module's opening).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assigner {
+    #[default]
+    Fcos,
+    Atss,
+}
+
+impl std::str::FromStr for Assigner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fcos" => Ok(Assigner::Fcos),
+            "atss" => Ok(Assigner::Atss),
+            _ => Err(format!("unknown assigner `{s}`: fcos or atss")),
+        }
+    }
+}
+
+impl Assigner {
+    /// Targets for every location of `geometry` from boxes `(class, [x0, y0, x1, y1])`.
+    pub fn assign(self, geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned>> {
+        match self {
+            Assigner::Fcos => fcos(geometry, boxes),
+            Assigner::Atss => atss(geometry, boxes),
+        }
+    }
+}
+
+/// The target of a location at `(cx, cy)` for a box, if the location lies inside it.
+fn target(class: usize, (cx, cy): (f32, f32), [x0, y0, x1, y1]: [f32; 4]) -> Option<Assigned> {
+    let ltrb = [cx - x0, cy - y0, x1 - cx, y1 - cy];
+    if ltrb.iter().any(|&d| d <= 0.0) {
+        return None;
+    }
+    let [l, t, r, b] = ltrb;
+    let centerness = ((l.min(r) / l.max(r)) * (t.min(b) / t.max(b))).sqrt();
+    Some(Assigned {
+        class,
+        ltrb,
+        centerness,
+    })
+}
+
+fn fcos(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned>> {
     let mut out = vec![None; geometry.len()];
     for (k, &(cx, cy, level)) in geometry.locations().iter().enumerate() {
         let (lo, hi) = geometry.size_range(level);
         let radius = 1.5 * geometry.levels[level].0 as f32;
         let mut best: Option<(f32, Assigned)> = None;
-        for &(class, [x0, y0, x1, y1]) in boxes {
-            let ltrb = [cx - x0, cy - y0, x1 - cx, y1 - cy];
-            if ltrb.iter().any(|&d| d <= 0.0) {
+        for &(class, b) in boxes {
+            let Some(a) = target(class, (cx, cy), b) else {
                 continue;
-            }
+            };
+            let [x0, y0, x1, y1] = b;
             let (bx, by) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
             if (cx - bx).abs() > radius || (cy - by).abs() > radius {
                 continue;
             }
-            let reach = ltrb.iter().copied().fold(0f32, f32::max);
+            let reach = a.ltrb.iter().copied().fold(0f32, f32::max);
             if reach < lo || reach > hi {
                 continue;
             }
             let area = (x1 - x0) * (y1 - y0);
-            if best.is_some_and(|(a, _)| a <= area) {
+            if best.is_some_and(|(smallest, _)| smallest <= area) {
                 continue;
             }
-            let [l, t, r, b] = ltrb;
-            let centerness = ((l.min(r) / l.max(r)) * (t.min(b) / t.max(b))).sqrt();
-            best = Some((
-                area,
-                Assigned {
-                    class,
-                    ltrb,
-                    centerness,
-                },
-            ));
+            best = Some((area, a));
         }
         out[k] = best.map(|(_, a)| a);
     }
     out
+}
+
+/// Candidates per level and box (ATSS's k).
+const ATSS_CANDIDATES: usize = 9;
+
+/// The IoU of two boxes `[x0, y0, x1, y1]`.
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    inter / (area(a) + area(b) - inter)
+}
+
+fn atss(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned>> {
+    let locations = geometry.locations();
+    let mut starts = Vec::with_capacity(geometry.levels.len());
+    let mut start = 0;
+    for &(_, h, w) in &geometry.levels {
+        starts.push(start);
+        start += h * w;
+    }
+    // Per location: the IoU of the box it holds, so that a better-overlapping box replaces it.
+    let mut out: Vec<Option<(f32, Assigned)>> = vec![None; locations.len()];
+    for &(class, b) in boxes {
+        let (bx, by) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+        let mut candidates: Vec<(usize, f32)> = Vec::new();
+        for (level, &(stride, h, w)) in geometry.levels.iter().enumerate() {
+            let mut near: Vec<(f32, usize)> = (starts[level]..starts[level] + h * w)
+                .map(|k| {
+                    let (cx, cy, _) = locations[k];
+                    ((cx - bx).powi(2) + (cy - by).powi(2), k)
+                })
+                .collect();
+            near.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let half = 4.0 * stride as f32;
+            for &(_, k) in near.iter().take(ATSS_CANDIDATES) {
+                let (cx, cy, _) = locations[k];
+                let square = [cx - half, cy - half, cx + half, cy + half];
+                candidates.push((k, iou(square, b)));
+            }
+        }
+        let n = candidates.len() as f32;
+        if candidates.is_empty() {
+            continue;
+        }
+        let mean = candidates.iter().map(|c| c.1).sum::<f32>() / n;
+        let var = candidates.iter().map(|c| (c.1 - mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0);
+        let threshold = mean + var.sqrt();
+        // Candidates inside the box, best overlap first: those at the threshold or above are
+        // positives, and when none reaches it (a box whose size lies between two levels'
+        // squares overlaps both about equally, and the spread lifts the threshold above
+        // both), the best one is, so that no box goes unlearnt.
+        let mut inside: Vec<(usize, f32, Assigned)> = candidates
+            .into_iter()
+            .filter_map(|(k, overlap)| {
+                let (cx, cy, _) = locations[k];
+                target(class, (cx, cy), b).map(|a| (k, overlap, a))
+            })
+            .collect();
+        inside.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let passing = inside.iter().filter(|c| c.1 >= threshold).count().max(1);
+        for &(k, overlap, a) in inside.iter().take(passing) {
+            if out[k].is_none_or(|(held, _)| held < overlap) {
+                out[k] = Some((overlap, a));
+            }
+        }
+    }
+    out.into_iter().map(|o| o.map(|(_, a)| a)).collect()
 }
 
 #[cfg(test)]
@@ -138,7 +253,7 @@ mod tests {
         let g = Geometry::new(224, 14);
         let small = (1, [20.0, 20.0, 40.0, 40.0]);
         let large = (2, [100.0, 60.0, 220.0, 200.0]);
-        let a = assign(&g, &[small, large]);
+        let a = Assigner::Fcos.assign(&g, &[small, large]);
         let locs = g.locations();
         let pos: Vec<_> = a
             .iter()
@@ -163,7 +278,94 @@ mod tests {
         }
         // A box inside another box claims the shared locations.
         let inner = (3, [140.0, 100.0, 180.0, 150.0]);
-        let a = assign(&g, &[large, inner]);
+        let a = Assigner::Fcos.assign(&g, &[large, inner]);
         assert!(a.iter().flatten().any(|a| a.class == 3));
+    }
+
+    /// The positive locations of `a` as (location index, class).
+    fn positives(a: &[Option<Assigned>]) -> Vec<(usize, usize)> {
+        a.iter()
+            .enumerate()
+            .filter_map(|(k, a)| a.map(|a| (k, a.class)))
+            .collect()
+    }
+
+    #[test]
+    fn atss_picks_the_level_whose_squares_fit_the_box() {
+        let g = Geometry::new(224, 14);
+        let locs = g.locations();
+        // Level 0's squares are 56 pixels, level 1's 112: a 20-pixel box overlaps the first
+        // most, a 110-pixel box the second.
+        let small = (0, [100.0, 100.0, 120.0, 120.0]);
+        let large = (1, [50.0, 40.0, 160.0, 150.0]);
+        for (b, level, count) in [(small, 0, Some(9)), (large, 1, None)] {
+            let a = Assigner::Atss.assign(&g, &[b]);
+            let pos = positives(&a);
+            assert!(!pos.is_empty(), "{b:?}");
+            if let Some(n) = count {
+                // All nine candidates of level 0 hold the whole box and lie inside it.
+                assert_eq!(pos.len(), n, "{pos:?}");
+            } else {
+                // Only the best-placed of level 1's squares pass: not all nine.
+                assert!(pos.len() < 9, "{pos:?}");
+            }
+            let [x0, y0, x1, y1] = b.1;
+            for &(k, class) in &pos {
+                let (cx, cy, l) = locs[k];
+                assert_eq!((l, class), (level, b.0));
+                let t = a[k].unwrap();
+                assert_eq!(t.ltrb, [cx - x0, cy - y0, x1 - cx, y1 - cy]);
+                assert!(t.ltrb.iter().all(|&d| d > 0.0));
+            }
+        }
+        // Together, each keeps its own positives.
+        let a = Assigner::Atss.assign(&g, &[large, small]);
+        let classes: Vec<usize> = positives(&a).iter().map(|p| p.1).collect();
+        assert!(classes.contains(&0) && classes.contains(&1));
+    }
+
+    #[test]
+    fn atss_keeps_the_best_candidate_of_a_box_between_two_levels() {
+        let g = Geometry::new(224, 14);
+        let locs = g.locations();
+        // An 80-pixel box overlaps level 0's 56-pixel squares by 0.49 and level 1's 112-pixel
+        // ones by 0.51; level 2's are far larger, and the spread puts the threshold (0.54)
+        // above every candidate. Four of level 1's squares hold the box whole and tie; the
+        // first of them in the locations' order is the one positive.
+        let b = (0, [70.0, 70.0, 150.0, 150.0]);
+        let pos = positives(&Assigner::Atss.assign(&g, &[b]));
+        assert_eq!(pos.len(), 1, "{pos:?}");
+        assert_eq!(locs[pos[0].0], (105.0, 105.0, 1));
+    }
+
+    #[test]
+    fn atss_gives_a_shared_location_to_the_box_its_square_overlaps_most() {
+        let g = Geometry::new(224, 14);
+        let locs = g.locations();
+        let at = |x: f32, y: f32| {
+            locs.iter()
+                .position(|&(cx, cy, l)| l == 0 && cx == x && cy == y)
+                .unwrap()
+        };
+        // Both boxes lie inside the 56-pixel squares of level 0 near them, so a square's IoU
+        // is the box's area over the square's: the 30-pixel box wins where both are candidates.
+        let a20 = (0, [100.0, 100.0, 120.0, 120.0]);
+        let b30 = (1, [105.0, 105.0, 135.0, 135.0]);
+        for boxes in [[a20, b30], [b30, a20]] {
+            let a = Assigner::Atss.assign(&g, &boxes);
+            assert_eq!(a[at(115.5, 115.5)].unwrap().class, 1);
+            // 108.5 is not among the 30-pixel box's nearest locations (115.5, 122.5, 129.5).
+            assert_eq!(a[at(108.5, 108.5)].unwrap().class, 0);
+        }
+        // FCOS gives shared locations to the smaller box instead.
+        let f = Assigner::Fcos.assign(&g, &[b30, a20]);
+        assert_eq!(f[at(115.5, 115.5)].unwrap().class, 0);
+    }
+
+    #[test]
+    fn assigners_parse_from_their_names() {
+        assert_eq!("atss".parse::<Assigner>(), Ok(Assigner::Atss));
+        assert_eq!("fcos".parse::<Assigner>(), Ok(Assigner::Fcos));
+        assert!("retina".parse::<Assigner>().is_err());
     }
 }

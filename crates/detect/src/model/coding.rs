@@ -11,12 +11,13 @@
 //! them, and its mean stays where the evidence is. GFL measured the gain at strict overlaps
 //! (AP75), which is what AP over 0.5-0.95 rewards.
 //!
-//! The span of a level is the upper end of the size range the assigner gives it
+//! The span of a level is the upper end of the size range FCOS's assigner gives it
 //! ([`Geometry::size_range`]): every side of a box assigned there is at most that far, so no
-//! target is clipped and no step is wasted. The coarsest level's range is open; the input's
-//! side bounds it, loosely (a positive location lies near its box's centre, so its sides
-//! reach a little over half the input at most), which costs that level's steps some
-//! fineness and keeps the bound simple.
+//! target is clipped and no step is wasted. ATSS's assigner has no ranges, and a side beyond
+//! the span is learnt as the last distance (the loss clamps it there). The coarsest level's
+//! range is open; the input's side bounds it, loosely (a positive location lies near its
+//! box's centre, so its sides reach a little over half the input at most), which costs that
+//! level's steps some fineness and keeps the bound simple.
 
 use candle_core::{Device, Tensor, D};
 use downstream_core::nn::ops;
