@@ -95,7 +95,7 @@ pub struct DetectionData {
     pub samples: Vec<Sample>,
     pub input: InputConfig,
     pub geometry: Geometry,
-    /// How the targets' positive locations are chosen (the detector sets its model's).
+    /// How the targets' positive locations are chosen.
     pub assigner: Assigner,
     /// Category id to class index.
     pub classes: BTreeMap<u64, usize>,
@@ -110,6 +110,7 @@ impl DetectionData {
         input: InputConfig,
         patch: usize,
         classes: BTreeMap<u64, usize>,
+        assigner: Assigner,
         device: &Device,
     ) -> Result<Self> {
         anyhow::ensure!(
@@ -173,7 +174,7 @@ impl DetectionData {
             samples,
             input,
             geometry,
-            assigner: Assigner::default(),
+            assigner,
             classes,
             boxes,
             truths,

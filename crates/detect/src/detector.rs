@@ -131,6 +131,13 @@ impl Detector {
             "postprocess.nms_iou must lie in (0, 1], got {}",
             postprocess.nms_iou
         );
+        anyhow::ensure!(
+            model.box_bins == 0 || model.assign == Assigner::Fcos,
+            "model.box_bins = {} with model.assign = \"atss\": the distributions span the \
+             distances FCOS's size ranges allow at each level, and ATSS places boxes beyond \
+             them; use one of the two",
+            model.box_bins
+        );
         // Blocks above the deepest one the head reads are not loaded: nothing to compute or
         // train.
         let (blocks, readout) = model.blocks()?;
@@ -195,15 +202,14 @@ impl Detector {
         set: DetectionSet,
         input: &crate::dataset::InputConfig,
     ) -> Result<crate::dataset::DetectionData> {
-        let mut data = crate::dataset::DetectionData::new(
+        crate::dataset::DetectionData::new(
             set,
             input.clone(),
             self.backbone.patch_size(),
             self.class_index(),
+            self.assigner,
             &self.params.device(),
-        )?;
-        data.assigner = self.assigner;
-        Ok(data)
+        )
     }
 
     /// The batch's maps of view `view` (0: unflipped).

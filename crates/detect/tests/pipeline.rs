@@ -286,6 +286,7 @@ fn large_images_are_tiled_and_detections_map_back() {
         cfg.input.clone(),
         8,
         classes,
+        Default::default(),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -318,6 +319,7 @@ fn random_crops_move_a_tile_anywhere_in_its_image_with_its_boxes() {
         input.clone(),
         8,
         classes.clone(),
+        Default::default(),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -362,9 +364,15 @@ fn random_crops_move_a_tile_anywhere_in_its_image_with_its_boxes() {
     assert!(corners.len() >= 20, "windows barely move: {corners:?}");
     // Without the option, every view keeps the tile's place in the grid.
     input.random_crop = false;
-    let fixed =
-        detect::dataset::DetectionData::new(set, input, 8, classes, &candle_core::Device::Cpu)
-            .unwrap();
+    let fixed = detect::dataset::DetectionData::new(
+        set,
+        input,
+        8,
+        classes,
+        Default::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(fixed.target(index, 7).unwrap().sample.placement, grid);
 }
 
@@ -449,6 +457,32 @@ fn a_second_process_training_into_a_run_folder_is_refused_at_once() {
 }
 
 #[test]
+fn the_atss_assigner_reaches_the_run_and_refuses_box_distributions() {
+    use detect::model::assign::Assigner;
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let mut cmd = train_command(&ann, runs.path(), "both", "1");
+    let out = cmd
+        .args(["--assign", "atss", "--box-bins", "4"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model.assign") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!runs.path().join("detect/both/config.toml").exists());
+    succeeded(train_command(&ann, runs.path(), "atss", "1").args(["--assign", "atss"]));
+    let run = runs.path().join("detect/atss");
+    let cfg = DetectConfig::load(&run.join("config.toml")).unwrap();
+    assert_eq!(cfg.model.assign, Assigner::Atss);
+    let (_, detector) = pipeline::load_run(&run, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(detector.assigner, Assigner::Atss);
+}
+
+#[test]
 fn model_and_augmentation_flags_reach_the_saved_configuration() {
     let data = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
@@ -481,7 +515,7 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     ])
     .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"])
     .args(["--box-weight", "2.5", "--nms-iou", "0.45", "--pixel-skip"])
-    .args(["--split-tower", "--box-bins", "4", "--assign", "atss"]);
+    .args(["--split-tower", "--box-bins", "4"]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -495,14 +529,12 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     assert_eq!((cfg.model.box_weight, cfg.postprocess.nms_iou), (2.5, 0.45));
     assert!(cfg.model.pixel_skip && cfg.model.split_tower);
     assert_eq!(cfg.model.box_bins, 4);
-    assert_eq!(cfg.model.assign, detect::model::assign::Assigner::Atss);
     assert_eq!(cfg.postprocess.tta, [Flip::Vertical]);
     assert!(cfg.postprocess.box_voting);
     let (_, detector) =
         pipeline::load_run(&runs.path().join("detect/flags"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(detector.blocks, vec![0, 2]);
     assert!(detector.pixel_skip && detector.params.get("head.p3.pixels.weight").is_some());
-    assert_eq!(detector.assigner, detect::model::assign::Assigner::Atss);
     assert!(detector.params.get("head.box_tower1.weight").is_some());
     // Four sides of five distances each, from the 16 channels of the head.
     let reg = detector.params.get("head.reg.weight").unwrap();

@@ -8,14 +8,19 @@
 //!   box whose size lies near a boundary between two levels by where each location sits.
 //! - ATSS (Zhang et al. 2020, "Bridging the gap between anchor-based and anchor-free
 //!   detection"): for each box, the 9 locations of each level nearest its centre are
-//!   candidates, each with a square of 8 strides (the size FCOS's ranges give the level)
-//!   centred on it; the box's own threshold is the mean plus the standard deviation of those
-//!   squares' IoUs with the box, and the candidates inside the box at or above it are
-//!   positives, so each box picks its level(s) and count from its own statistics instead of
-//!   fixed ranges; a location claimed by several boxes takes the one it overlaps most. Where
-//!   no candidate reaches the threshold (on DeepForest at 336 pixels, 7% of the crowns: their
-//!   size lies between two levels' squares), the best one inside the box is the positive;
-//!   the paper leaves such a box without any.
+//!   candidates, each with a square of 8 strides centred on it (the paper's anchor; the
+//!   largest box FCOS's ranges give the level). The box's own threshold is the mean plus the
+//!   standard deviation of those squares' IoUs with the box, and the candidates inside the
+//!   box at or above it are positives: each box picks its level(s) and count from its own
+//!   statistics instead of fixed ranges. A location claimed by several boxes takes the one it
+//!   overlaps most. One change to the paper's rule: where no candidate inside the box
+//!   reaches the threshold, those at the mean or above are positives (or, if none, the best
+//!   one). With three levels this happens to every box whose size lies between two levels'
+//!   squares (about 7% of DeepForest's training crowns at 336 pixels, those near 80 and 155
+//!   pixels): its candidates on both levels overlap it about equally, and the spread lifts
+//!   the threshold above all of them, where the paper's five levels would leave it below;
+//!   the paper's rule leaves such a box without a positive, unlearnt. A box with no
+//!   candidate inside it (one thinner than a stride) still has none, as under FCOS's rule.
 
 /// Where the detector's outputs sit in the input image.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,7 +193,9 @@ fn atss(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned
     let mut out: Vec<Option<(f32, Assigned)>> = vec![None; locations.len()];
     for &(class, b) in boxes {
         let (bx, by) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
-        let mut candidates: Vec<(usize, f32)> = Vec::new();
+        let nearest = |x: &(f32, usize), y: &(f32, usize)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
+        // (location, squared distance to the box centre, IoU of its square with the box)
+        let mut candidates: Vec<(usize, f32, f32)> = Vec::new();
         for (level, &(stride, h, w)) in geometry.levels.iter().enumerate() {
             let mut near: Vec<(f32, usize)> = (starts[level]..starts[level] + h * w)
                 .map(|k| {
@@ -196,35 +203,39 @@ fn atss(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned
                     ((cx - bx).powi(2) + (cy - by).powi(2), k)
                 })
                 .collect();
-            near.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            if near.len() > ATSS_CANDIDATES {
+                near.select_nth_unstable_by(ATSS_CANDIDATES - 1, nearest);
+                near.truncate(ATSS_CANDIDATES);
+            }
             let half = 4.0 * stride as f32;
-            for &(_, k) in near.iter().take(ATSS_CANDIDATES) {
+            for (d, k) in near {
                 let (cx, cy, _) = locations[k];
                 let square = [cx - half, cy - half, cx + half, cy + half];
-                candidates.push((k, iou(square, b)));
+                candidates.push((k, d, iou(square, b)));
             }
         }
-        let n = candidates.len() as f32;
         if candidates.is_empty() {
             continue;
         }
-        let mean = candidates.iter().map(|c| c.1).sum::<f32>() / n;
-        let var = candidates.iter().map(|c| (c.1 - mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0);
-        let threshold = mean + var.sqrt();
-        // Candidates inside the box, best overlap first: those at the threshold or above are
-        // positives, and when none reaches it (a box whose size lies between two levels'
-        // squares overlaps both about equally, and the spread lifts the threshold above
-        // both), the best one is, so that no box goes unlearnt.
-        let mut inside: Vec<(usize, f32, Assigned)> = candidates
+        let n = candidates.len() as f32;
+        let mean = candidates.iter().map(|c| c.2).sum::<f32>() / n;
+        let var = candidates.iter().map(|c| (c.2 - mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0);
+        // Candidates whose location lies inside the box, best overlap first (ties: nearest
+        // the centre, where the centre-ness is highest).
+        let mut inside: Vec<(usize, f32, f32, Assigned)> = candidates
             .into_iter()
-            .filter_map(|(k, overlap)| {
+            .filter_map(|(k, d, overlap)| {
                 let (cx, cy, _) = locations[k];
-                target(class, (cx, cy), b).map(|a| (k, overlap, a))
+                target(class, (cx, cy), b).map(|a| (k, d, overlap, a))
             })
             .collect();
-        inside.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let passing = inside.iter().filter(|c| c.1 >= threshold).count().max(1);
-        for &(k, overlap, a) in inside.iter().take(passing) {
+        inside.sort_by(|x, y| y.2.total_cmp(&x.2).then(nearest(&(x.1, x.0), &(y.1, y.0))));
+        let reaching = |t: f32| inside.iter().filter(|c| c.2 >= t).count();
+        let positives = match reaching(mean + var.sqrt()) {
+            0 => reaching(mean).max(1),
+            n => n,
+        };
+        for &(k, _, overlap, a) in inside.iter().take(positives) {
             if out[k].is_none_or(|(held, _)| held < overlap) {
                 out[k] = Some((overlap, a));
             }
@@ -324,18 +335,47 @@ mod tests {
         assert!(classes.contains(&0) && classes.contains(&1));
     }
 
+    /// The number of positives of `a` on each of three levels.
+    fn per_level(a: &[Option<Assigned>], locs: &[(f32, f32, usize)]) -> [usize; 3] {
+        let mut n = [0; 3];
+        for (k, _) in positives(a) {
+            n[locs[k].2] += 1;
+        }
+        n
+    }
+
     #[test]
-    fn atss_keeps_the_best_candidate_of_a_box_between_two_levels() {
+    fn atss_falls_back_to_the_mean_for_a_box_between_two_levels() {
         let g = Geometry::new(224, 14);
         let locs = g.locations();
         // An 80-pixel box overlaps level 0's 56-pixel squares by 0.49 and level 1's 112-pixel
-        // ones by 0.51; level 2's are far larger, and the spread puts the threshold (0.54)
-        // above every candidate. Four of level 1's squares hold the box whole and tie; the
-        // first of them in the locations' order is the one positive.
+        // ones by 0.48 to 0.51; level 2's are far larger, and the spread puts the threshold
+        // (0.54) above every candidate. At the mean (0.37), all nine of each of the two levels.
         let b = (0, [70.0, 70.0, 150.0, 150.0]);
-        let pos = positives(&Assigner::Atss.assign(&g, &[b]));
+        assert_eq!(
+            per_level(&Assigner::Atss.assign(&g, &[b]), &locs),
+            [9, 9, 0]
+        );
+    }
+
+    #[test]
+    fn atss_keeps_only_candidates_inside_the_box_and_else_the_best_nearest_the_centre() {
+        let g = Geometry::new(224, 14);
+        let locs = g.locations();
+        // A box 4 pixels wide: level 0's squares pass the threshold in three columns, but only
+        // the column at x = 101.5 lies inside the box.
+        let thin = (0, [100.0, 60.0, 104.0, 160.0]);
+        let pos = positives(&Assigner::Atss.assign(&g, &[thin]));
+        assert_eq!(pos.len(), 3, "{pos:?}");
+        assert!(pos
+            .iter()
+            .all(|&(k, _)| locs[k].0 == 101.5 && locs[k].2 == 0));
+        // A box 4 pixels high: every candidate that passes lies outside it; of those inside,
+        // three of level 2 tie in overlap, and the one nearest the centre (110, 98) is kept.
+        let flat = (0, [60.0, 96.0, 160.0, 100.0]);
+        let pos = positives(&Assigner::Atss.assign(&g, &[flat]));
         assert_eq!(pos.len(), 1, "{pos:?}");
-        assert_eq!(locs[pos[0].0], (105.0, 105.0, 1));
+        assert_eq!(locs[pos[0].0], (98.0, 98.0, 2));
     }
 
     #[test]

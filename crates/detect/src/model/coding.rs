@@ -13,11 +13,12 @@
 //!
 //! The span of a level is the upper end of the size range FCOS's assigner gives it
 //! ([`Geometry::size_range`]): every side of a box assigned there is at most that far, so no
-//! target is clipped and no step is wasted. ATSS's assigner has no ranges, and a side beyond
-//! the span is learnt as the last distance (the loss clamps it there). The coarsest level's
-//! range is open; the input's side bounds it, loosely (a positive location lies near its
-//! box's centre, so its sides reach a little over half the input at most), which costs that
-//! level's steps some fineness and keeps the bound simple.
+//! target is clipped and no step is wasted. ATSS's assigner has no ranges and places boxes
+//! of up to about 11 strides on a level, beyond these spans, so the detector refuses bins
+//! with it rather than learn boxes too small. The coarsest level's range is open; the
+//! input's side bounds it, loosely (a positive location lies near its box's centre, so its
+//! sides reach a little over half the input at most), which costs that level's steps some
+//! fineness and keeps the bound simple.
 
 use candle_core::{Device, Tensor, D};
 use downstream_core::nn::ops;
