@@ -22,6 +22,8 @@
 //!   the paper's rule leaves such a box without a positive, unlearnt. A box with no
 //!   candidate inside it (one thinner than a stride) still has none, as under FCOS's rule.
 
+use super::postprocess::iou;
+
 /// Where the detector's outputs sit in the input image.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Geometry {
@@ -172,15 +174,6 @@ fn fcos(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned
 /// Candidates per level and box (ATSS's k).
 const ATSS_CANDIDATES: usize = 9;
 
-/// The IoU of two boxes `[x0, y0, x1, y1]`.
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    inter / (area(a) + area(b) - inter)
-}
-
 fn atss(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned>> {
     let locations = geometry.locations();
     let mut starts = Vec::with_capacity(geometry.levels.len());
@@ -211,7 +204,7 @@ fn atss(geometry: &Geometry, boxes: &[(usize, [f32; 4])]) -> Vec<Option<Assigned
             for (d, k) in near {
                 let (cx, cy, _) = locations[k];
                 let square = [cx - half, cy - half, cx + half, cy + half];
-                candidates.push((k, d, iou(square, b)));
+                candidates.push((k, d, iou(&square, &b)));
             }
         }
         if candidates.is_empty() {
