@@ -4,7 +4,8 @@
 //! are drawn from the input's augmentation policy (core's [`Augment`]: flips, quarter turns,
 //! zoom, colour), image and boxes together. With `random_crop`, a tile's other views also
 //! move its window to a random place in the image: crops at native scale that differ every
-//! epoch, where the fixed grid would show the same few squares again.
+//! epoch, where the fixed grid would show the same few squares again. Inference may cut a
+//! denser grid than training (`inference_overlap`), so that some tile sees each object whole.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ pub struct InputConfig {
     pub tile: Option<usize>,
     /// Overlap between neighbouring tiles, in pixels.
     pub tile_overlap: usize,
+    /// Overlap between the tiles that validation, `eval` and `predict` cut, where it differs
+    /// from `tile_overlap`: with random crops the training grid only sets how many crops an
+    /// epoch holds, while at inference an overlap wider than the largest object lets some
+    /// tile see each object whole.
+    pub inference_overlap: Option<usize>,
     /// A box cut by a tile edge is kept when at least this fraction of it is inside.
     pub min_visible: f64,
     /// The augmentations training views are drawn from.
@@ -53,10 +59,40 @@ impl Default for InputConfig {
             size: 224,
             tile: None,
             tile_overlap: 64,
+            inference_overlap: None,
             min_visible: 0.4,
             augment: AugmentPolicy::default(),
             views: 2,
             random_crop: false,
+        }
+    }
+}
+
+impl InputConfig {
+    /// Refuses overlaps as wide as the tile: the grid would step by one pixel.
+    pub fn check(&self) -> Result<()> {
+        let Some(tile) = self.tile else {
+            return Ok(());
+        };
+        for (name, overlap) in [
+            ("tile_overlap", Some(self.tile_overlap)),
+            ("inference_overlap", self.inference_overlap),
+        ] {
+            if let Some(o) = overlap {
+                anyhow::ensure!(
+                    o < tile,
+                    "input.{name} = {o} must be smaller than input.tile = {tile}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The input as inference cuts it: tiles overlapping by `inference_overlap` where set.
+    pub fn for_inference(&self) -> Self {
+        Self {
+            tile_overlap: self.inference_overlap.unwrap_or(self.tile_overlap),
+            ..self.clone()
         }
     }
 }
@@ -119,6 +155,7 @@ impl DetectionData {
             input.size,
             2 * patch
         );
+        input.check()?;
         let mut samples = Vec::new();
         for (i, im) in set.images.iter().enumerate() {
             let size = input.size as u32;

@@ -132,6 +132,11 @@ impl Detector {
             postprocess.nms_iou
         );
         anyhow::ensure!(
+            (0.0..=1.0).contains(&postprocess.tile_edge_score),
+            "postprocess.tile_edge_score must lie in [0, 1], got {}",
+            postprocess.tile_edge_score
+        );
+        anyhow::ensure!(
             model.box_bins == 0 || model.assign == Assigner::Fcos,
             "model.box_bins = {} with model.assign = \"atss\": the distributions span the \
              distances FCOS's size ranges allow at each level, and ATSS places boxes beyond \

@@ -104,6 +104,22 @@ struct PostArgs {
     /// Suppress a box overlapping a better one of its class by more than this IoU.
     #[arg(long, value_name = "IOU", value_parser = overlap)]
     nms_iou: Option<f32>,
+    /// Tiled images: multiply the scores of boxes reaching an edge shared with another tile
+    /// by this before merging the tiles' boxes (0 drops them, 1 keeps them as they are).
+    #[arg(long, value_name = "FACTOR", value_parser = fraction)]
+    tile_edge_score: Option<f32>,
+    /// Tiled images: overlap in pixels of the tiles cut at inference (validation, eval,
+    /// predict), where it should differ from training's --tile-overlap.
+    #[arg(long, value_name = "PIXELS")]
+    inference_overlap: Option<usize>,
+}
+
+/// A factor in [0, 1].
+fn fraction(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+        _ => Err(format!("`{s}` is not a number in [0, 1]")),
+    }
 }
 
 /// An overlap threshold: a number in (0, 1].
@@ -115,13 +131,23 @@ fn overlap(s: &str) -> Result<f32, String> {
 }
 
 impl PostArgs {
-    fn apply(&self, pp: &mut detect::model::postprocess::PostProcess) {
+    fn apply(
+        &self,
+        pp: &mut detect::model::postprocess::PostProcess,
+        input: &mut detect::dataset::InputConfig,
+    ) {
         if !self.tta.is_empty() {
             pp.tta = self.tta.clone();
         }
         pp.box_voting |= self.box_voting;
         if let Some(t) = self.nms_iou {
             pp.nms_iou = t;
+        }
+        if let Some(f) = self.tile_edge_score {
+            pp.tile_edge_score = f;
+        }
+        if self.inference_overlap.is_some() {
+            input.inference_overlap = self.inference_overlap;
         }
     }
 }
@@ -197,7 +223,7 @@ fn train_config(
 ) -> Result<DetectConfig> {
     config::resolve(train, run, dir, |cfg: &mut DetectConfig| {
         data.apply(&mut cfg.data);
-        post.apply(&mut cfg.postprocess);
+        post.apply(&mut cfg.postprocess, &mut cfg.input);
         if let Some(s) = input.size {
             cfg.input.size = s;
         }
@@ -337,13 +363,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let device = Device::Cpu;
             let (mut cfg, mut detector) = pipeline::load_run(&dir, &device)?;
-            post.apply(&mut detector.postprocess);
+            post.apply(&mut detector.postprocess, &mut cfg.input);
             if data.is_some() {
                 cfg.data.train = data.clone();
                 cfg.data.val = data;
             }
             let (_, val) = pipeline::load_data(&cfg.data)?;
-            let val_data = detector.examples(val.clone(), &cfg.input)?;
+            let val_data = detector.examples(val.clone(), &cfg.input.for_inference())?;
             let results = pipeline::predict_set(&detector, &val_data, cfg.train.batch)?;
             print_stats(&coco_eval::evaluate(&val, &results)?, json);
         }
@@ -380,8 +406,8 @@ fn run(cli: Cli) -> Result<()> {
             post,
         } => {
             let device = Device::Cpu;
-            let (cfg, mut detector) = pipeline::load_run(&run, &device)?;
-            post.apply(&mut detector.postprocess);
+            let (mut cfg, mut detector) = pipeline::load_run(&run, &device)?;
+            post.apply(&mut detector.postprocess, &mut cfg.input);
             let files = downstream_core::vision::io::image_files(&images)?;
             let out = out.unwrap_or_else(|| run.join("predict"));
             let results = pipeline::predict_files(&cfg, &detector, &files, &out)?;

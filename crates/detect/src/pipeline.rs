@@ -141,6 +141,7 @@ pub struct TrainOutcome {
 /// validation set and draws predictions for a few validation images.
 pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let device = run.device.clone();
+    cfg.input.check()?;
     let (train_set, val_set) = load_data(&cfg.data)?;
     if train_set.images.is_empty() || val_set.images.is_empty() {
         bail!("need at least one training and one validation image");
@@ -163,7 +164,7 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         serde_json::to_string_pretty(&detector.categories)?.as_bytes(),
     )?;
     let train_data = detector.examples(train_set, &cfg.input)?;
-    let val_data = detector.examples(val_set.clone(), &cfg.input)?;
+    let val_data = detector.examples(val_set.clone(), &cfg.input.for_inference())?;
     let report = fit(
         &detector,
         &train_data,
@@ -330,7 +331,7 @@ pub fn predict_files(
         image_sources: Default::default(),
     };
     set.fill_image_sizes()?;
-    let data = detector.examples(set.clone(), &cfg.input)?;
+    let data = detector.examples(set.clone(), &cfg.input.for_inference())?;
     let results = predict_set(detector, &data, cfg.train.batch)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     coco::save_results(&results, &out.join("predictions.json"))?;

@@ -295,6 +295,32 @@ fn large_images_are_tiled_and_detections_map_back() {
         4 * 3 * 2,
         "150x110 in 64-pixel tiles overlapping by 16: 3 x 2 each"
     );
+    // Inference may cut a denser grid than training: validation, eval and predict take it.
+    cfg.input.inference_overlap = Some(40);
+    let denser = detect::dataset::DetectionData::new(
+        tiles.set.clone(),
+        cfg.input.for_inference(),
+        8,
+        tiles.classes.clone(),
+        Default::default(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        denser.samples.len(),
+        4 * 5 * 3,
+        "overlapping by 40: 5 x 3 each"
+    );
+    assert_eq!(cfg.input.tile_overlap, 16, "training's grid is left as it was");
+    // An overlap as wide as the tile is refused before anything is written.
+    cfg.input.inference_overlap = Some(64);
+    let again = tempfile::tempdir().unwrap();
+    let err = pipeline::train(&cfg, &quiet(again.path()))
+        .err()
+        .expect("an overlap as wide as the tile was taken")
+        .to_string();
+    assert!(err.contains("input.inference_overlap = 64"), "{err}");
+    assert_eq!(std::fs::read_dir(again.path()).unwrap().count(), 0);
 }
 
 #[test]
@@ -418,6 +444,7 @@ fn loss_and_suppression_settings_out_of_range_fail_before_training() {
         ("--box-weight", "NaN", "model.box_weight"),
         ("--nms-iou", "1.5", "--nms-iou"),
         ("--nms-iou", "0", "--nms-iou"),
+        ("--tile-edge-score", "1.5", "--tile-edge-score"),
     ] {
         let mut cmd = train_command(&ann, runs.path(), "range", "1");
         let out = cmd.args([flag, value]).output().unwrap();
@@ -515,7 +542,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     ])
     .args(["--tile", "48", "--tile-overlap", "16", "--random-crop"])
     .args(["--box-weight", "2.5", "--nms-iou", "0.45", "--pixel-skip"])
-    .args(["--split-tower", "--box-bins", "4"]);
+    .args(["--split-tower", "--box-bins", "4"])
+    .args(["--tile-edge-score", "0.5", "--inference-overlap", "24"]);
     succeeded(&mut cmd);
     let cfg = DetectConfig::load(&runs.path().join("detect/flags/config.toml")).unwrap();
     assert_eq!(cfg.model.feature_blocks, vec![2, 0]);
@@ -524,6 +552,8 @@ fn model_and_augmentation_flags_reach_the_saved_configuration() {
     assert!(a.flip_horizontal && a.flip_vertical && a.rotate90);
     assert_eq!((a.colour, cfg.input.views), (0.2, 5));
     assert_eq!((cfg.input.tile, cfg.input.tile_overlap), (Some(48), 16));
+    assert_eq!(cfg.input.inference_overlap, Some(24));
+    assert_eq!(cfg.postprocess.tile_edge_score, 0.5);
     assert!(cfg.input.random_crop);
     assert_eq!(cfg.model.quality, detect::model::loss::Quality::Iou);
     assert_eq!((cfg.model.box_weight, cfg.postprocess.nms_iou), (2.5, 0.45));

@@ -124,6 +124,24 @@ impl Placement {
         let y1 = (xyxy[3] as f64 / s + cy).min(cy + ch);
         [x0, y0, (x1 - x0).max(0.0), (y1 - y0).max(0.0)]
     }
+
+    /// Whether a box `[x, y, w, h]` of the original (`width x height`) image comes within
+    /// `margin` pixels of an edge of this window that lies inside the image. There the
+    /// object may go on into the neighbouring tile, so the box may be only the part of it
+    /// this window shows; an edge on the image's border cuts nothing.
+    pub fn reaches_inner_edge(
+        &self,
+        [x, y, w, h]: [f64; 4],
+        width: u32,
+        height: u32,
+        margin: f64,
+    ) -> bool {
+        let [cx, cy, cw, ch] = self.crop.map(|v| v as f64);
+        (cx > 0.0 && x <= cx + margin)
+            || (cy > 0.0 && y <= cy + margin)
+            || (cx + cw < width as f64 && x + w >= cx + cw - margin)
+            || (cy + ch < height as f64 && y + h >= cy + ch - margin)
+    }
 }
 
 /// An RGB input as the backbone expects it: `[3, H, W]`, normalised with the ImageNet mean and
@@ -156,6 +174,34 @@ mod tests {
         assert_eq!(tiles.len(), 3 * 2);
         assert_eq!(tiles[1].crop, [88, 0, 224, 224]);
         assert_eq!(tiles[0].scale, 0.5);
+    }
+
+    #[test]
+    fn only_edges_inside_the_image_cut_a_box() {
+        // The middle tile of a row of three across a 400 x 224 image.
+        let t = Placement {
+            crop: [88, 0, 224, 224],
+            scale: 1.0,
+        };
+        let inner = |b| t.reaches_inner_edge(b, 400, 224, 2.0);
+        // Against the left and right edges, which neighbours share: cut.
+        assert!(inner([88.0, 50.0, 30.0, 30.0]));
+        assert!(inner([90.0, 50.0, 30.0, 30.0]));
+        assert!(inner([282.0, 50.0, 30.0, 30.0]));
+        // Against the top and bottom, the image's own border: whole.
+        assert!(!inner([150.0, 0.0, 30.0, 30.0]));
+        assert!(!inner([150.0, 194.0, 30.0, 224.0 - 194.0]));
+        // Inside, beyond the margin.
+        assert!(!inner([91.0, 50.0, 30.0, 30.0]));
+        assert!(!inner([150.0, 50.0, 130.0, 30.0]));
+        // A tile at the image's corner has inner edges only to its right and below.
+        let corner = Placement {
+            crop: [0, 0, 224, 224],
+            scale: 1.0,
+        };
+        assert!(!corner.reaches_inner_edge([0.0, 0.0, 30.0, 30.0], 400, 400, 2.0));
+        assert!(corner.reaches_inner_edge([0.0, 200.0, 30.0, 24.0], 400, 400, 2.0));
+        assert!(!corner.reaches_inner_edge([0.0, 200.0, 30.0, 24.0], 400, 224, 2.0));
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! locations each see a slightly different part of the object, and their average sits closer
 //! to it than the single best. Test-time flips run the backbone and head on flipped copies of
 //! the input too; their boxes, flipped back, join the candidates before the final merge.
+//!
+//! A tiled image's boxes are merged across its tiles (`metric::accumulate`). A box that
+//! reaches an edge shared with a neighbouring tile is often an object cut in two; with
+//! `tile_edge_score` below 1 its score drops, so that where the overlap lets another tile see
+//! the whole object, that box wins the suppression, while an object no tile sees whole is
+//! still found.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
@@ -38,6 +44,10 @@ pub struct PostProcess {
     pub box_voting: bool,
     /// Flipped views added at inference (validation, `eval`, `predict`), never in training.
     pub tta: Vec<Flip>,
+    /// Tiled images: the scores of boxes that reach an edge a tile shares with its
+    /// neighbours are multiplied by this before the tiles' boxes are merged (1 keeps them as
+    /// they are, 0 drops them).
+    pub tile_edge_score: f32,
 }
 
 /// A flip of the square model input.
@@ -108,6 +118,7 @@ impl Default for PostProcess {
             draw_threshold: 0.5,
             box_voting: false,
             tta: Vec::new(),
+            tile_edge_score: 1.0,
         }
     }
 }
