@@ -37,9 +37,9 @@ pub struct InputConfig {
     /// Overlap between neighbouring tiles, in pixels.
     pub tile_overlap: usize,
     /// Overlap between the tiles that validation, `eval` and `predict` cut, where it differs
-    /// from `tile_overlap`: with random crops the training grid only sets how many crops an
-    /// epoch holds, while at inference an overlap wider than the largest object lets some
-    /// tile see each object whole.
+    /// from `tile_overlap`: with random crops the training grid mostly sets how many crops an
+    /// epoch holds (only view 0 keeps a tile's place), while at inference an overlap wider
+    /// than the largest object lets some tile see each object whole.
     pub inference_overlap: Option<usize>,
     /// A box cut by a tile edge is kept when at least this fraction of it is inside.
     pub min_visible: f64,
@@ -74,9 +74,10 @@ impl InputConfig {
         let Some(tile) = self.tile else {
             return Ok(());
         };
+        // The inference overlap first: `for_inference` copies it into `tile_overlap`.
         for (name, overlap) in [
-            ("tile_overlap", Some(self.tile_overlap)),
             ("inference_overlap", self.inference_overlap),
+            ("tile_overlap", Some(self.tile_overlap)),
         ] {
             if let Some(o) = overlap {
                 anyhow::ensure!(

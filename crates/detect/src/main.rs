@@ -35,7 +35,8 @@ struct InputArgs {
     /// Tile large images into squares of this many pixels at native scale.
     #[arg(long)]
     tile: Option<usize>,
-    /// Overlap between neighbouring tiles in pixels (boxes of the overlap are merged).
+    /// Overlap between neighbouring tiles in pixels, smaller than the tile (boxes of the
+    /// overlap are merged).
     #[arg(long)]
     tile_overlap: Option<usize>,
     /// With tiles, take each training view's tile anywhere in the image (random crops at

@@ -311,7 +311,10 @@ fn large_images_are_tiled_and_detections_map_back() {
         4 * 5 * 3,
         "overlapping by 40: 5 x 3 each"
     );
-    assert_eq!(cfg.input.tile_overlap, 16, "training's grid is left as it was");
+    assert_eq!(
+        cfg.input.tile_overlap, 16,
+        "training's grid is left as it was"
+    );
     // An overlap as wide as the tile is refused before anything is written.
     cfg.input.inference_overlap = Some(64);
     let again = tempfile::tempdir().unwrap();
@@ -740,6 +743,57 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
         seeds: &[11, 12],
     };
     downstream_core::faults::drill(&drill).unwrap();
+}
+
+#[test]
+fn the_inference_grid_and_edge_score_reach_validation_eval_and_predict() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 4, 150, 110);
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = config(ann, Freeze::Frozen);
+    cfg.input.tile = Some(64);
+    cfg.input.tile_overlap = 16;
+    cfg.train.epochs = 1;
+    cfg.postprocess.score_threshold = 0.0;
+    let plain = runs.path().join("detect/plain");
+    pipeline::train(&cfg, &quiet(&plain)).unwrap();
+    // The same training, validated on a denser grid: only the validation results change.
+    cfg.input.inference_overlap = Some(40);
+    let denser = runs.path().join("detect/denser");
+    pipeline::train(&cfg, &quiet(&denser)).unwrap();
+    let results = |dir: &Path| std::fs::read(dir.join("val_results.json")).unwrap();
+    assert_ne!(results(&plain), results(&denser));
+
+    // A barely trained model scores zero whatever the grid, so `eval` shows the flag only by
+    // refusing a bad value; `predict` shows the boxes.
+    let out = Command::new(env!("CARGO_BIN_EXE_detect"))
+        .args(["eval", "--inference-overlap", "64", "--run"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("input.inference_overlap = 64"),
+        "{err}"
+    );
+
+    let predict = |name: &str, args: &[&str]| {
+        let out = runs.path().join(name);
+        succeeded(
+            Command::new(env!("CARGO_BIN_EXE_detect"))
+                .args(["predict", "--run"])
+                .arg(&plain)
+                .arg("--out")
+                .arg(&out)
+                .args(args)
+                .arg(data.path().join("img001.png")),
+        );
+        std::fs::read(out.join("predictions.json")).unwrap()
+    };
+    let base = predict("p1", &[]);
+    assert_ne!(base, predict("p2", &["--inference-overlap", "40"]));
+    assert_ne!(base, predict("p3", &["--tile-edge-score", "0"]));
+    assert_eq!(base, predict("p4", &["--tile-edge-score", "1"]));
 }
 
 #[test]

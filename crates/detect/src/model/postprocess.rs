@@ -10,8 +10,9 @@
 //! A tiled image's boxes are merged across its tiles (`metric::accumulate`). A box that
 //! reaches an edge shared with a neighbouring tile is often an object cut in two; with
 //! `tile_edge_score` below 1 its score drops, so that where the overlap lets another tile see
-//! the whole object, that box wins the suppression, while an object no tile sees whole is
-//! still found.
+//! the whole object, that view ranks first (and suppresses the part where they overlap by
+//! more than `nms_iou`), while an object no tile sees whole is still found; 0 drops such
+//! boxes outright.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, D};
