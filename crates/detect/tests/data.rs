@@ -386,7 +386,19 @@ fn shipped_configs_parse_and_validate() {
         assert_eq!((cfg.model.width, cfg.model.tower), (192, 3));
         assert!(cfg.input.augment.flip_horizontal && cfg.input.augment.flip_vertical);
     }
-    // Rows 9 and 7 of the fine-tuned table: the same recipe at 336 and 224 pixels.
+    // Rows 11 and 7 of the fine-tuned table: the same recipe at 336 and 224 pixels; row 11
+    // also merges the squares' boxes its own way (rows 10 and 11).
+    assert_eq!(
+        (df.input.inference_overlap, df.postprocess.tile_edge_score),
+        (Some(96), 0.5)
+    );
+    assert_eq!(
+        (
+            df224.input.inference_overlap,
+            df224.postprocess.tile_edge_score
+        ),
+        (None, 1.0)
+    );
     for (cfg, size, epochs) in [(&df, 336, 30), (&df224, 224, 21)] {
         assert_eq!(cfg.train.mode, downstream_core::Freeze::Full);
         assert!(cfg.input.augment.rotate90);
