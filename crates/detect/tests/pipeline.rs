@@ -258,16 +258,22 @@ fn every_mode_reaches_every_parameter_it_trains() {
     assert!(err.contains("feature_block"), "{err}");
 }
 
-#[test]
-fn large_images_are_tiled_and_detections_map_back() {
-    let data = tempfile::tempdir().unwrap();
-    let ann = rectangles(data.path(), 4, 150, 110);
-    let runs = tempfile::tempdir().unwrap();
-    let mut cfg = config(ann, Freeze::Frozen);
+/// One epoch, frozen, on four 150x110 rectangle images cut into 64-pixel tiles overlapping
+/// by 16, every candidate box kept.
+fn tiled_config(data: &Path) -> DetectConfig {
+    let mut cfg = config(rectangles(data, 4, 150, 110), Freeze::Frozen);
     cfg.input.tile = Some(64);
     cfg.input.tile_overlap = 16;
     cfg.train.epochs = 1;
     cfg.postprocess.score_threshold = 0.0;
+    cfg
+}
+
+#[test]
+fn large_images_are_tiled_and_detections_map_back() {
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = tiled_config(data.path());
     let outcome = pipeline::train(&cfg, &quiet(runs.path())).unwrap();
     assert!(outcome.report.finished);
     let results = coco::load_results(&runs.path().join("val_results.json")).unwrap();
@@ -748,13 +754,8 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bits() {
 #[test]
 fn the_inference_grid_and_edge_score_reach_validation_eval_and_predict() {
     let data = tempfile::tempdir().unwrap();
-    let ann = rectangles(data.path(), 4, 150, 110);
     let runs = tempfile::tempdir().unwrap();
-    let mut cfg = config(ann, Freeze::Frozen);
-    cfg.input.tile = Some(64);
-    cfg.input.tile_overlap = 16;
-    cfg.train.epochs = 1;
-    cfg.postprocess.score_threshold = 0.0;
+    let mut cfg = tiled_config(data.path());
     let plain = runs.path().join("detect/plain");
     pipeline::train(&cfg, &quiet(&plain)).unwrap();
     // The same training, validated on a denser grid: only the validation results change.
