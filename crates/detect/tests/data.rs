@@ -415,6 +415,12 @@ fn shipped_configs_parse_and_validate() {
     assert_eq!(frozen.input.tile, None);
     assert_eq!(frozen.postprocess.nms_iou, 0.6);
     assert_eq!((frozen.train.epochs, frozen.train.batch), (40, 8));
+    // Frozen row 5: the upside-down view joins validation, `eval` and `predict`.
+    assert_eq!(
+        frozen.postprocess.tta,
+        [detect::model::postprocess::Flip::Vertical]
+    );
+    assert!(df.postprocess.tta.is_empty() && df224.postprocess.tta.is_empty());
     // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
     let defaults = detect::pipeline::DetectConfig::default();
     assert_eq!(df.train.lr, defaults.train.lr);
