@@ -99,6 +99,10 @@ struct PostArgs {
     /// both; comma-separated): one backbone pass more per flip.
     #[arg(long, value_delimiter = ',', value_name = "FLIPS")]
     tta: Vec<detect::model::postprocess::Flip>,
+    /// Without the flips the run's configuration adds (`[postprocess] tta`): one backbone
+    /// pass per input.
+    #[arg(long, conflicts_with = "tta")]
+    no_tta: bool,
     /// Move each kept box to the score-weighted mean of the boxes it suppressed.
     #[arg(long)]
     box_voting: bool,
@@ -137,7 +141,9 @@ impl PostArgs {
         pp: &mut detect::model::postprocess::PostProcess,
         input: &mut detect::dataset::InputConfig,
     ) {
-        if !self.tta.is_empty() {
+        if self.no_tta {
+            pp.tta.clear();
+        } else if !self.tta.is_empty() {
             pp.tta = self.tta.clone();
         }
         pp.box_voting |= self.box_voting;
@@ -425,4 +431,42 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     downstream_core::train::cli::main_with(|| run(Cli::parse()))
+}
+
+#[cfg(test)]
+mod tests {
+    use detect::model::postprocess::{Flip, PostProcess};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Post {
+        #[command(flatten)]
+        post: PostArgs,
+    }
+
+    /// The flips `eval` and `predict` use for a run configured with the vertical one, given
+    /// `flags`.
+    fn flips(flags: &[&str]) -> Result<Vec<Flip>, clap::Error> {
+        let args = Post::try_parse_from(std::iter::once("eval").chain(flags.iter().copied()))?;
+        let mut pp = PostProcess {
+            tta: vec![Flip::Vertical],
+            ..Default::default()
+        };
+        args.post
+            .apply(&mut pp, &mut detect::dataset::InputConfig::default());
+        Ok(pp.tta)
+    }
+
+    #[test]
+    fn the_configured_flips_are_kept_replaced_or_turned_off() {
+        assert_eq!(flips(&[]).unwrap(), [Flip::Vertical]);
+        assert_eq!(
+            flips(&["--tta", "h,hv"]).unwrap(),
+            [Flip::Horizontal, Flip::Both]
+        );
+        assert_eq!(flips(&["--no-tta"]).unwrap(), []);
+        let err = flips(&["--no-tta", "--tta", "v"]).unwrap_err().to_string();
+        assert!(err.contains("--no-tta") && err.contains("--tta"), "{err}");
+    }
 }

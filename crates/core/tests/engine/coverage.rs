@@ -1,7 +1,13 @@
 //! Which parameters train: a head reading an intermediate block trains the blocks below it
-//! only, and a trainable parameter without a gradient stops the run.
+//! only, a `partial:N` that cannot train what it says is refused, and a trainable parameter
+//! without a gradient stops the run (one whose gradient is only numerically zero does not).
 
 use super::*;
+
+/// The names of the trainable parameters, sorted.
+fn trainable_names(params: &ParamStore) -> Vec<String> {
+    params.trainable().map(|p| p.name.clone()).collect()
+}
 
 #[test]
 fn a_head_reading_an_intermediate_block_trains_exactly_the_blocks_below_it() {

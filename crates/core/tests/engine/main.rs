@@ -4,6 +4,8 @@
 //! ([`optimizer`]), which parameters train ([`coverage`]), and evaluation and prediction
 //! ([`inference`]). The shared set-up is here.
 
+// The helpers every test binary shares: a folder's `main.rs` would otherwise look for them in
+// `engine/common`.
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -72,9 +74,4 @@ fn fit_with(
     opts: &RunOptions,
 ) -> Result<downstream_core::train::FitReport> {
     fit(task, data, Some(val), cfg, cfg, opts)
-}
-
-/// The names of the trainable parameters, sorted.
-fn trainable_names(params: &ParamStore) -> Vec<String> {
-    params.trainable().map(|p| p.name.clone()).collect()
 }

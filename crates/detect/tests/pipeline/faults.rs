@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// A run of one epoch on the rectangles set, trained by the binary into `runs/detect/NAME`:
+/// the annotations and the run folder.
+fn one_epoch_run(data: &Path, runs: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ann = rectangles(data, 8, 64, 64);
+    succeeded(&mut train_command(&ann, runs, name, "1"));
+    (ann, runs.join("detect").join(name))
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn a_full_disk_during_a_checkpoint_stops_the_run_and_keeps_the_last_one_loadable() {

@@ -3,7 +3,7 @@
 //! in every mode with every setting reaching the model ([`training`]), tiling ([`tiling`]),
 //! bad input refused before anything runs ([`refusals`]), runs hit by a full disk, a
 //! read-only folder or a kill ([`faults`]), and the `eval` and `predict` commands
-//! ([`inference`]). The shared data and commands are here.
+//! ([`inference`]). The data and commands more than one of them uses are here.
 
 mod faults;
 mod inference;
@@ -98,17 +98,6 @@ fn quiet(dir: &Path) -> RunOptions {
     }
 }
 
-/// One epoch, frozen, on four 150x110 rectangle images cut into 64-pixel tiles overlapping
-/// by 16, every candidate box kept.
-fn tiled_config(data: &Path) -> DetectConfig {
-    let mut cfg = config(rectangles(data, 4, 150, 110), Freeze::Frozen);
-    cfg.input.tile = Some(64);
-    cfg.input.tile_overlap = 16;
-    cfg.train.epochs = 1;
-    cfg.postprocess.score_threshold = 0.0;
-    cfg
-}
-
 /// The `detect train` command on the rectangles set with the tiny backbone, into `runs/NAME`.
 fn train_command(ann: &Path, runs: &Path, name: &str, epochs: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_detect"));
@@ -118,14 +107,6 @@ fn train_command(ann: &Path, runs: &Path, name: &str, epochs: &str) -> Command {
         .arg("--data")
         .arg(ann);
     cmd
-}
-
-/// A run of one epoch on the rectangles set, trained by the binary into `runs/detect/NAME`:
-/// the annotations and the run folder.
-fn one_epoch_run(data: &Path, runs: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let ann = rectangles(data, 8, 64, 64);
-    succeeded(&mut train_command(&ann, runs, name, "1"));
-    (ann, runs.join("detect").join(name))
 }
 
 /// Runs `cmd`, asserting that it succeeds (showing its errors if not); its output.

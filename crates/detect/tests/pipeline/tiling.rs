@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// One epoch, frozen, on four 150x110 rectangle images cut into 64-pixel tiles overlapping
+/// by 16, every candidate box kept.
+fn tiled_config(data: &Path) -> DetectConfig {
+    let mut cfg = config(rectangles(data, 4, 150, 110), Freeze::Frozen);
+    cfg.input.tile = Some(64);
+    cfg.input.tile_overlap = 16;
+    cfg.train.epochs = 1;
+    cfg.postprocess.score_threshold = 0.0;
+    cfg
+}
+
 #[test]
 fn large_images_are_tiled_and_detections_map_back() {
     let data = tempfile::tempdir().unwrap();

@@ -38,7 +38,7 @@ pub struct TrainConfig {
     /// Clip gradients to this global L2 norm.
     pub clip_norm: Option<f64>,
     /// Evaluate and keep an exponential moving average of the weights with this decay
-    /// ([`super::ema`]); none by default.
+    /// ([`crate::train::ema`]); none by default.
     pub ema: Option<f64>,
     pub seed: u64,
     /// Evaluate every this many epochs (and after the last).

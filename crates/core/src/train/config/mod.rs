@@ -1,10 +1,8 @@
 //! Run configuration: a TOML file, command-line overrides on top, and the resolved result
-//! saved with the run; on `--resume`, the run's own saved configuration. The pieces every task
-//! shares (the engine's settings, where the data is, the run folder) are defined here once.
-//!
-//! The sections every task shares live in their own modules: the engine's settings
-//! ([`engine`]) and the data ([`data`]); this module resolves a run's whole configuration and
-//! reads and writes it.
+//! saved with the run; on `--resume`, the run's own saved configuration. What every task's
+//! configuration shares is defined once: the engine's section and flags (`engine.rs`), the
+//! data's (`data.rs`), and here the run folder's flags, the resolution of a whole
+//! configuration (a task's own sections included) and its reading and writing.
 
 mod data;
 mod engine;

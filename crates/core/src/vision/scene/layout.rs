@@ -1,8 +1,8 @@
 //! What goes where: clutter that is none of the classes (strokes, curves, specks, arcs, small
 //! irregular blobs, a few of them drawn over the objects) and the objects themselves, their
 //! sizes log-uniform so that small ones are as common as large ones, placed so that no two
-//! boxes overlap by more than [`MAX_IOU`] and no later object hides more than 40% of an
-//! earlier one.
+//! boxes overlap by more than [`MAX_IOU`] and the objects placed later hide, all together, at
+//! most [`MAX_HIDDEN`] of an earlier one's coverage: every object stays plain to see.
 
 use std::f32::consts::{PI, TAU};
 
@@ -93,7 +93,7 @@ pub(super) fn distractor(rng: &mut ChaCha8Rng, size: usize) -> (Geom, bool) {
 }
 
 /// Category index `class` centred on the origin, its box side `side`.
-pub(super) fn object_shape(rng: &mut ChaCha8Rng, class: usize, side: f32) -> Geom {
+fn object_shape(rng: &mut ChaCha8Rng, class: usize, side: f32) -> Geom {
     let unit: Vec<Pt> = match class {
         0 => {
             return Geom::Disc {
@@ -154,8 +154,8 @@ pub(super) struct Object {
     pub(super) patch: Patch,
     /// Coverage still showing after the objects drawn over it, laid out like `patch.a`.
     pub(super) visible: Vec<f32>,
-    pub(super) full_area: f32,
-    pub(super) full_box: [usize; 4],
+    full_area: f32,
+    full_box: [usize; 4],
 }
 
 impl Object {

@@ -9,11 +9,11 @@
 //! object's visible coverage is what later objects leave of it; its box is the tight box of
 //! the pixels where that is at least one half, so boxes are exact rather than taken from the
 //! shape's nominal geometry. Its mask further discounts the clutter drawn over objects.
-
 //!
-//! The pieces: [`raster`] (shapes to anti-aliased coverage, painting), [`texture`] (the
-//! backgrounds), [`layout`] (clutter and object placement); this module draws one scene from
-//! them and keeps what the exports need.
+//! The pieces: `raster.rs` (shapes to anti-aliased coverage, and the canvas they are painted
+//! on), `texture.rs` (the backgrounds, and the colour space every colour is drawn in),
+//! `layout.rs` (clutter and object placement); this module draws one scene from them and
+//! keeps what the exports need.
 
 mod layout;
 mod raster;

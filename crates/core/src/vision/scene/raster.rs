@@ -2,7 +2,9 @@
 //! pixel's coverage is `0.5 - d` at its centre, clamped to [0, 1], which anti-aliases edges
 //! without supersampling. Coverage is kept per shape over the pixels it can touch (a
 //! [`Patch`]), so that what later shapes hide of earlier ones, and each object's tight box, are
-//! computed from the same numbers that paint the image.
+//! computed from the same numbers that paint the image. The [`Canvas`] keeps RGB as floats,
+//! so that blending each shape in by its coverage loses no precision until the image is
+//! written.
 
 pub(super) type Pt = [f32; 2];
 

@@ -1,6 +1,8 @@
 //! The backgrounds objects are found on: a colour gradient between four corners, two octaves
 //! of smooth value noise (stains and shadows, mostly light and dark) and a few soft blobs of
-//! colour, so that no fixed colour or flat area gives the objects away.
+//! colour, so that no fixed colour or flat area gives the objects away. Colours are drawn in
+//! HSV ([`hsv`]), where saturation and brightness can be bounded directly; the scene draws
+//! its objects' and clutter's colours the same way.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
