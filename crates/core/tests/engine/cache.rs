@@ -67,17 +67,7 @@ fn without_a_cache_the_backbone_runs_every_epoch() {
         epochs: 2,
         ..config(Freeze::Frozen)
     };
-    let task = Classify::new(Freeze::Frozen);
-    let dir = tempfile::tempdir().unwrap();
-    let report = fit(
-        &task,
-        &Images::new(10),
-        None::<&Images>,
-        &cfg,
-        &cfg,
-        &options(dir.path()),
-    )
-    .unwrap();
+    let (report, _dir) = fit_new(&cfg, 10, None);
     assert_eq!(report.backbone_forwards, 20);
 }
 

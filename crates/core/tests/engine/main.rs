@@ -31,8 +31,10 @@ use downstream_core::train::feature_cache::CacheKind;
 use downstream_core::train::metrics_log::{read_records, Record};
 use downstream_core::train::optimizer::{AdamW, AdamWConfig};
 use downstream_core::train::trainer::{batch_gradients, fit, RunOptions};
+use downstream_core::train::FitReport;
 use downstream_core::train::{evaluate, predict_all, Dataset, Features, Metrics, Task};
 use downstream_core::{Freeze, ParamStore};
+use tempfile::TempDir;
 
 fn config(mode: Freeze) -> TrainConfig {
     TrainConfig {
@@ -65,6 +67,23 @@ fn snapshot(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// `Classify` in `cfg`'s mode trained on `train` images, validated on `val` of them if given,
+/// in a new folder: the report, and the folder, which lives as long as it is held.
+fn fit_new(cfg: &TrainConfig, train: usize, val: Option<usize>) -> (FitReport, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let val = val.map(Images::new);
+    let task = Classify::new(cfg.mode);
+    let report = fit(
+        &task,
+        &Images::new(train),
+        val.as_ref(),
+        cfg,
+        cfg,
+        &options(dir.path()),
+    );
+    (report.unwrap(), dir)
+}
+
 /// `fit` of `task` with the same configuration as run settings and as the saved one.
 fn fit_with(
     task: &Classify,
@@ -72,6 +91,6 @@ fn fit_with(
     val: &Images,
     cfg: &TrainConfig,
     opts: &RunOptions,
-) -> Result<downstream_core::train::FitReport> {
+) -> Result<FitReport> {
     fit(task, data, Some(val), cfg, cfg, opts)
 }

@@ -192,17 +192,7 @@ fn early_stopping_keeps_the_best_and_the_last_checkpoint() {
         epochs: 6,
         ..config(Freeze::Frozen)
     };
-    let task = Classify::new(Freeze::Frozen);
-    let dir = tempfile::tempdir().unwrap();
-    let report = fit(
-        &task,
-        &Images::new(8),
-        Some(&Images::new(6)),
-        &cfg,
-        &cfg,
-        &options(dir.path()),
-    )
-    .unwrap();
+    let (report, dir) = fit_new(&cfg, 8, Some(6));
     assert!(report.stopped_early && report.finished);
     assert_eq!(report.steps, 2 * 2, "stopped after two epochs of two steps");
     assert_eq!(report.best_step, Some(2));
@@ -267,17 +257,7 @@ fn a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable() {
         epochs: 1,
         ..config(Freeze::Frozen)
     };
-    let task = Classify::new(Freeze::Frozen);
-    let dir = tempfile::tempdir().unwrap();
-    let report = fit(
-        &task,
-        &Images::new(8),
-        None::<&Images>,
-        &cfg,
-        &cfg,
-        &options(dir.path()),
-    )
-    .unwrap();
+    let (report, _dir) = fit_new(&cfg, 8, None);
     let before = checkpoint::load(&report.last_checkpoint, &Device::Cpu).unwrap();
     // A crash mid-save leaves a partial temporary beside the checkpoint; the next write
     // also fails half-way.
@@ -351,17 +331,7 @@ fn a_step_budget_ends_the_run_mid_epoch_with_an_evaluation() {
         steps: Some(7),
         ..config(Freeze::Frozen)
     };
-    let task = Classify::new(Freeze::Frozen);
-    let dir = tempfile::tempdir().unwrap();
-    let report = fit(
-        &task,
-        &Images::new(10),
-        Some(&Images::new(4)),
-        &cfg,
-        &cfg,
-        &options(dir.path()),
-    )
-    .unwrap();
+    let (report, dir) = fit_new(&cfg, 10, Some(4));
     assert!(report.finished);
     assert_eq!(report.steps, 7);
     let evals: Vec<u64> = read_records(&dir.path().join("metrics.jsonl"))
