@@ -132,6 +132,11 @@ impl Detector {
             postprocess.nms_iou
         );
         anyhow::ensure!(
+            postprocess.fusion_iou.is_none_or(|t| t > 0.0 && t <= 1.0),
+            "postprocess.fusion_iou must lie in (0, 1], got {:?}",
+            postprocess.fusion_iou
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&postprocess.tile_edge_score),
             "postprocess.tile_edge_score must lie in [0, 1], got {}",
             postprocess.tile_edge_score

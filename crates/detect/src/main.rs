@@ -106,6 +106,10 @@ struct PostArgs {
     /// Move each kept box to the score-weighted mean of the boxes it suppressed.
     #[arg(long)]
     box_voting: bool,
+    /// Merge an image's tiles and views by fusion: each kept box becomes the weighted mean of
+    /// the boxes overlapping it by more than this IoU, scored by how many views found it.
+    #[arg(long, value_name = "IOU", value_parser = overlap)]
+    fusion_iou: Option<f32>,
     /// Suppress a box overlapping a better one of its class by more than this IoU.
     #[arg(long, value_name = "IOU", value_parser = overlap)]
     nms_iou: Option<f32>,
@@ -147,6 +151,9 @@ impl PostArgs {
             pp.tta = self.tta.clone();
         }
         pp.box_voting |= self.box_voting;
+        if self.fusion_iou.is_some() {
+            pp.fusion_iou = self.fusion_iou;
+        }
         if let Some(t) = self.nms_iou {
             pp.nms_iou = t;
         }
@@ -277,7 +284,7 @@ fn train_config(
     })
 }
 
-fn print_outcome(o: &TrainOutcome, seconds: f64) {
+fn print_outcome(o: &TrainOutcome, seconds: f64, pp: &detect::model::postprocess::PostProcess) {
     if !summary::print_training(&o.report, seconds) {
         return;
     }
@@ -287,8 +294,24 @@ fn print_outcome(o: &TrainOutcome, seconds: f64) {
             o.clipped
         );
     }
+    // Where the evaluations during training left them out, say that these statistics have
+    // the flips, so that they are not read as the training log's.
+    let mut added = Vec::new();
+    if !pp.validate_with_tta {
+        if !pp.tta.is_empty() {
+            added.push(format!("{} flips", pp.tta.len()));
+        }
+        if pp.fusion_iou.is_some() {
+            added.push("fusion".to_string());
+        }
+    }
+    let views = if added.is_empty() {
+        String::new()
+    } else {
+        format!(", with {}", added.join(" and "))
+    };
     println!(
-        "validation (best checkpoint, step {}):",
+        "validation (best checkpoint, step {}{views}):",
         o.report.best_step.unwrap_or(o.report.steps)
     );
     print!("{}", o.stats.summary());
@@ -359,7 +382,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let started = std::time::Instant::now();
             let outcome = pipeline::train(&cfg, &opts)?;
-            print_outcome(&outcome, started.elapsed().as_secs_f64());
+            print_outcome(&outcome, started.elapsed().as_secs_f64(), &cfg.postprocess);
         }
         Command::Eval {
             run: Some(dir),
@@ -468,5 +491,22 @@ mod tests {
         assert_eq!(flips(&["--no-tta"]).unwrap(), []);
         let err = flips(&["--no-tta", "--tta", "v"]).unwrap_err().to_string();
         assert!(err.contains("--no-tta") && err.contains("--tta"), "{err}");
+    }
+
+    #[test]
+    fn the_fusion_threshold_is_kept_or_replaced_and_must_be_an_overlap() {
+        let fusion = |flags: &[&str]| -> Result<Option<f32>, clap::Error> {
+            let args = Post::try_parse_from(std::iter::once("eval").chain(flags.iter().copied()))?;
+            let mut pp = PostProcess {
+                fusion_iou: Some(0.6),
+                ..Default::default()
+            };
+            args.post
+                .apply(&mut pp, &mut detect::dataset::InputConfig::default());
+            Ok(pp.fusion_iou)
+        };
+        assert_eq!(fusion(&[]).unwrap(), Some(0.6));
+        assert_eq!(fusion(&["--fusion-iou", "0.7"]).unwrap(), Some(0.7));
+        assert!(fusion(&["--fusion-iou", "1.5"]).is_err());
     }
 }

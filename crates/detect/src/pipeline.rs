@@ -149,12 +149,14 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let clipped = train_set.clipped + val_set.clipped;
     let mut categories = train_set.categories.clone();
     categories.sort_by_key(|c| c.id);
-    let detector = Detector::new(
+    // The evaluations during training may leave out the flips and the fusion; the final one
+    // below uses them.
+    let mut detector = Detector::new(
         &cfg.train,
         &cfg.model,
         cfg.input.size,
         categories,
-        cfg.postprocess.clone(),
+        cfg.postprocess.for_validation(),
         &device,
     )?;
     // Held until the run's last file is written; it creates the folder.
@@ -189,6 +191,7 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     if let Some(best) = &report.best_checkpoint {
         checkpoint::load(best, &device)?.restore_params(&detector.params)?;
     }
+    detector.postprocess = cfg.postprocess.clone();
     let results = predict_set(&detector, &val_data, cfg.train.batch)?;
     coco::save_results(&results, &run.dir.join("val_results.json"))?;
     let stats = coco_eval::evaluate(&val_set, &results)?;

@@ -420,7 +420,14 @@ fn shipped_configs_parse_and_validate() {
         frozen.postprocess.tta,
         [detect::model::postprocess::Flip::Vertical]
     );
-    assert!(df.postprocess.tta.is_empty() && df224.postprocess.tta.is_empty());
+    // Fine-tuned row 12: all eight views, fused, at the final evaluation only.
+    assert_eq!(df.postprocess.tta.len(), 7);
+    let distinct: std::collections::HashSet<_> = df.postprocess.tta.iter().collect();
+    assert_eq!(distinct.len(), 7);
+    assert_eq!(df.postprocess.fusion_iou, Some(0.7));
+    assert!(!df.postprocess.validate_with_tta);
+    assert!(frozen.postprocess.validate_with_tta);
+    assert!(df224.postprocess.tta.is_empty() && df224.postprocess.fusion_iou.is_none());
     // Fields the file leaves out keep the detector's defaults, not the engine's generic ones.
     let defaults = detect::pipeline::DetectConfig::default();
     assert_eq!(df.train.lr, defaults.train.lr);

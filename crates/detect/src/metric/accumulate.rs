@@ -2,8 +2,8 @@
 //!
 //! An image may be cut into overlapping tiles that arrive in different batches, and its
 //! test-time flips add boxes of their own, so detections are gathered per image in original
-//! pixels and merged (class-wise NMS, with box voting if asked, then the per-image limit) only
-//! when every batch is in. A tile's box that reaches an edge shared with another tile enters
+//! pixels and merged (class-wise NMS, with box voting or fusion if asked, then the per-image
+//! limit) only when every batch is in. A tile's box that reaches an edge shared with another tile enters
 //! the merge at its score times `tile_edge_score`: on DeepForest's squares such truncated
 //! crowns otherwise often outscore their whole views, and win the suppression or rank above
 //! them as duplicates (README, DeepForest rows 10 and 11). The metric scores the merged
@@ -20,7 +20,7 @@ use super::coco_eval::{self, CocoStats, STAT_NAMES};
 use crate::data::coco::Detection;
 use crate::data::{Category, DetectionSet};
 use crate::dataset::{ImageTruth, Target};
-use crate::model::postprocess::{suppress, BoxDet, PostProcess};
+use crate::model::postprocess::{merge, BoxDet, PostProcess};
 
 /// How close, in model input pixels, a box must come to a tile's inner edge to count as cut
 /// there: a box the tile clips ends on the edge, but the head often predicts a cut object's
@@ -85,7 +85,7 @@ impl Collector {
         let pp = &self.postprocess;
         let mut out = Vec::new();
         for (image_id, dets) in self.per_image {
-            for d in suppress(dets, pp) {
+            for d in merge(dets, pp, 1 + pp.tta.len()) {
                 let [x0, y0, x1, y1] = d.xyxy.map(|v| v as f64);
                 out.push(Detection {
                     image_id,

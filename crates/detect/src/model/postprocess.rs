@@ -1,11 +1,18 @@
 //! From head outputs to boxes: score = sqrt(class probability x centre-ness), the best
 //! candidates per level, then class-wise non-maximum suppression.
 //!
-//! Two options serve small, crowded objects whose boxes come out loose. Box voting replaces
+//! Three options serve small, crowded objects whose boxes come out loose. Box voting replaces
 //! each kept box by the score-weighted mean of the candidates it suppressed: neighbouring
 //! locations each see a slightly different part of the object, and their average sits closer
 //! to it than the single best. Test-time flips run the backbone and head on flipped copies of
-//! the input too; their boxes, flipped back, join the candidates before the final merge.
+//! the input too (mirrors, and for images without an "up" the transposes: the eight
+//! symmetries of a square); their boxes, flipped back, join the candidates before the final
+//! merge. Fusion makes that merge average the views' boxes of an object rather than keep the
+//! best one, and scores each object by how many views found it ([`merge`]): on DeepForest
+//! (README, row 12) it is what makes the flips pay, where suppression alone keeps the single
+//! view's box and its score, and voting over every candidate drags the box towards its
+//! neighbours' looser ones. The flips cost a backbone pass each, so a configuration may
+//! leave them, and the fusion, out of the evaluations during training.
 //!
 //! A tiled image's boxes are merged across its tiles (`metric::accumulate`). A box that
 //! reaches an edge shared with a neighbouring tile is often an object cut in two; with
@@ -45,14 +52,39 @@ pub struct PostProcess {
     pub box_voting: bool,
     /// Flipped views added at inference (validation, `eval`, `predict`), never in training.
     pub tta: Vec<Flip>,
+    /// Fuse instead of only suppressing when an image's tiles and views are merged: each box
+    /// the suppression keeps moves to the score-weighted mean of the boxes overlapping it by
+    /// more than this, and scores the mean of their best scores, one per view (see
+    /// [`merge`]). `None` keeps the suppression alone.
+    pub fusion_iou: Option<f32>,
+    /// The evaluations during training, which choose the best checkpoint, use the flips and
+    /// the fusion too. Off, they run on the plain view with suppression alone, at one
+    /// backbone pass per input; the final evaluation of the best checkpoint, `eval` and
+    /// `predict` still use them.
+    pub validate_with_tta: bool,
     /// Tiled images: the scores of boxes that reach an edge a tile shares with its
     /// neighbours are multiplied by this before the tiles' boxes are merged (1 keeps them as
     /// they are, 0 drops them).
     pub tile_edge_score: f32,
 }
 
+impl PostProcess {
+    /// The settings of the evaluations during training: without the flips and the fusion
+    /// unless `validate_with_tta`.
+    pub fn for_validation(&self) -> PostProcess {
+        if self.validate_with_tta {
+            return self.clone();
+        }
+        PostProcess {
+            tta: Vec::new(),
+            fusion_iou: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// A flip of the square model input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Flip {
     /// Left to right.
@@ -61,21 +93,38 @@ pub enum Flip {
     Vertical,
     /// Both: a half turn.
     Both,
+    /// About the diagonal from the top-left corner: rows become columns.
+    Transpose,
+    /// Transposed, then left to right: a quarter turn clockwise.
+    Clockwise,
+    /// Transposed, then upside down: a quarter turn anticlockwise.
+    Anticlockwise,
+    /// Transposed, then both: about the other diagonal.
+    AntiTranspose,
 }
 
 impl Flip {
-    fn mirrors(self) -> (bool, bool) {
+    /// (transposed first, mirrored left to right, mirrored upside down)
+    fn parts(self) -> (bool, bool, bool) {
         match self {
-            Flip::Horizontal => (true, false),
-            Flip::Vertical => (false, true),
-            Flip::Both => (true, true),
+            Flip::Horizontal => (false, true, false),
+            Flip::Vertical => (false, false, true),
+            Flip::Both => (false, true, true),
+            Flip::Transpose => (true, false, false),
+            Flip::Clockwise => (true, true, false),
+            Flip::Anticlockwise => (true, false, true),
+            Flip::AntiTranspose => (true, true, true),
         }
     }
 
-    /// The flipped copy of a batch of images `(B, C, H, W)`.
+    /// The flipped copy of a batch of square images `(B, C, S, S)`.
     pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (h, v) = self.mirrors();
-        let mut x = x.clone();
+        let (t, h, v) = self.parts();
+        let mut x = if t {
+            x.transpose(2, 3)?.contiguous()?
+        } else {
+            x.clone()
+        };
         for (on, dim) in [(h, 3), (v, 2)] {
             if on {
                 let n = x.dim(dim)?;
@@ -88,10 +137,14 @@ impl Flip {
 
     /// A box found on the flipped input of side `size`, in the unflipped input's pixels.
     pub fn undo(self, [x0, y0, x1, y1]: [f32; 4], size: f32) -> [f32; 4] {
-        let (h, v) = self.mirrors();
+        let (t, h, v) = self.parts();
         let (x0, x1) = if h { (size - x1, size - x0) } else { (x0, x1) };
         let (y0, y1) = if v { (size - y1, size - y0) } else { (y0, y1) };
-        [x0, y0, x1, y1]
+        if t {
+            [y0, x0, y1, x1]
+        } else {
+            [x0, y0, x1, y1]
+        }
     }
 }
 
@@ -102,8 +155,13 @@ impl std::str::FromStr for Flip {
             "horizontal" | "h" => Ok(Flip::Horizontal),
             "vertical" | "v" => Ok(Flip::Vertical),
             "both" | "hv" => Ok(Flip::Both),
+            "transpose" | "t" => Ok(Flip::Transpose),
+            "clockwise" | "th" => Ok(Flip::Clockwise),
+            "anticlockwise" | "tv" => Ok(Flip::Anticlockwise),
+            "antitranspose" | "thv" => Ok(Flip::AntiTranspose),
             _ => Err(format!(
-                "unknown flip `{s}`: horizontal (h), vertical (v) or both (hv)"
+                "unknown flip `{s}`: horizontal (h), vertical (v), both (hv), transpose (t), \
+                 clockwise (th), anticlockwise (tv) or antitranspose (thv)"
             )),
         }
     }
@@ -119,6 +177,8 @@ impl Default for PostProcess {
             draw_threshold: 0.5,
             box_voting: false,
             tta: Vec::new(),
+            fusion_iou: None,
+            validate_with_tta: true,
             tile_edge_score: 1.0,
         }
     }
@@ -161,24 +221,68 @@ pub fn suppress(dets: Vec<BoxDet>, pp: &PostProcess) -> Vec<BoxDet> {
     if !pp.box_voting {
         return nms(dets, pp.nms_iou, pp.max_detections);
     }
-    let kept = nms(dets.clone(), pp.nms_iou, pp.max_detections);
-    kept.into_iter()
+    nms(dets.clone(), pp.nms_iou, pp.max_detections)
+        .into_iter()
+        .map(|k| BoxDet {
+            xyxy: Cluster::around(&k, &dets, pp.nms_iou).mean,
+            ..k
+        })
+        .collect()
+}
+
+/// The final merge of an image's boxes, gathered from its tiles and `views` views (1 + the
+/// flips): suppression, then with `fusion_iou` each kept box fused with the boxes that
+/// overlap it by more than that (its class, itself included). The box becomes their
+/// score-weighted mean; the score the sum of their `views` best scores over `views`, so
+/// that an object every view finds keeps its score and one that a single view finds keeps a
+/// share of it (as weighted box fusion scores the boxes of several models). Each view has
+/// already suppressed its own duplicates, so a cluster holds about one box per view and tile
+/// that saw the object.
+pub fn merge(dets: Vec<BoxDet>, pp: &PostProcess, views: usize) -> Vec<BoxDet> {
+    let Some(threshold) = pp.fusion_iou else {
+        return suppress(dets, pp);
+    };
+    let views = views.max(1);
+    nms(dets.clone(), pp.nms_iou, pp.max_detections)
+        .into_iter()
         .map(|k| {
-            let (mut sum, mut weight) = ([0f32; 4], 0f32);
-            for d in &dets {
-                if d.class == k.class && iou(&k.xyxy, &d.xyxy) > pp.nms_iou {
-                    for (s, v) in sum.iter_mut().zip(d.xyxy) {
-                        *s += d.score * v;
-                    }
-                    weight += d.score;
-                }
-            }
+            let mut cluster = Cluster::around(&k, &dets, threshold);
+            cluster.scores.sort_by(|a, b| b.total_cmp(a));
             BoxDet {
-                xyxy: sum.map(|s| s / weight),
+                xyxy: cluster.mean,
+                score: cluster.scores.iter().take(views).sum::<f32>() / views as f32,
                 ..k
             }
         })
         .collect()
+}
+
+/// The boxes of a kept box's class that overlap it by more than a threshold (itself
+/// included), as voting and fusion use them.
+struct Cluster {
+    /// Their score-weighted mean box.
+    mean: [f32; 4],
+    scores: Vec<f32>,
+}
+
+impl Cluster {
+    fn around(kept: &BoxDet, dets: &[BoxDet], threshold: f32) -> Self {
+        let (mut sum, mut weight, mut scores) = ([0f32; 4], 0f32, Vec::new());
+        for d in dets {
+            // The kept box itself even at a threshold of 1, so that the weight is never 0.
+            if d == kept || (d.class == kept.class && iou(&kept.xyxy, &d.xyxy) > threshold) {
+                for (s, v) in sum.iter_mut().zip(d.xyxy) {
+                    *s += d.score * v;
+                }
+                weight += d.score;
+                scores.push(d.score);
+            }
+        }
+        Cluster {
+            mean: sum.map(|s| s / weight),
+            scores,
+        }
+    }
 }
 
 /// Boxes for every image of a batch, in input pixels.
@@ -284,22 +388,97 @@ mod tests {
     }
 
     #[test]
+    fn merge_fuses_the_views_boxes_of_an_object_and_scores_it_by_how_many_found_it() {
+        let dets = vec![
+            // One object, found by three views of four, a little apart.
+            det(0, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            det(0, 0.4, [1.0, 0.0, 11.0, 10.0]),
+            det(0, 0.4, [0.0, 1.0, 10.0, 11.0]),
+            // A loose box of it: suppressed (IoU 0.625 with the best), too far to be fused.
+            det(0, 0.3, [0.0, 0.0, 10.0, 16.0]),
+            // Another object, found by one view.
+            det(0, 0.6, [40.0, 40.0, 50.0, 50.0]),
+        ];
+        let pp = PostProcess {
+            nms_iou: 0.5,
+            fusion_iou: Some(0.7),
+            ..PostProcess::default()
+        };
+        let fused = merge(dets.clone(), &pp, 4);
+        assert_eq!(fused.len(), 2);
+        // (0.8 + 0.4 + 0.4) / 4 views; the box the three's score-weighted mean.
+        assert!((fused[0].score - 0.4).abs() < 1e-6);
+        let expected = [0.25, 0.25, 10.25, 10.25];
+        for (got, want) in fused[0].xyxy.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-5, "{:?}", fused[0].xyxy);
+        }
+        assert!((fused[1].score - 0.15).abs() < 1e-6);
+        assert_eq!(fused[1].xyxy, [40.0, 40.0, 50.0, 50.0]);
+        // One view: the best score stays, the box still moves.
+        let one = merge(dets.clone(), &pp, 1);
+        assert_eq!(one[0].score, 0.8);
+        assert_eq!(one[0].xyxy, fused[0].xyxy);
+        // At a threshold of 1 each box is its own cluster.
+        let alone = merge(
+            dets.clone(),
+            &PostProcess {
+                fusion_iou: Some(1.0),
+                ..pp.clone()
+            },
+            4,
+        );
+        assert_eq!(alone[0].xyxy, [0.0, 0.0, 10.0, 10.0]);
+        assert!((alone[0].score - 0.2).abs() < 1e-6);
+        // Without fusion, the merge is the suppression.
+        let plain = PostProcess {
+            fusion_iou: None,
+            ..pp.clone()
+        };
+        assert_eq!(merge(dets.clone(), &plain, 4), suppress(dets, &plain));
+        // Evaluations during training may leave both out.
+        let pp = PostProcess {
+            tta: vec![Flip::Vertical],
+            validate_with_tta: false,
+            ..pp
+        };
+        let v = pp.for_validation();
+        assert!(v.tta.is_empty() && v.fusion_iou.is_none() && v.nms_iou == pp.nms_iou);
+        let pp = PostProcess {
+            validate_with_tta: true,
+            ..pp
+        };
+        assert_eq!(pp.for_validation(), pp);
+    }
+
+    #[test]
     fn a_flip_undone_returns_a_box_to_where_the_unflipped_image_has_it() -> Result<()> {
-        // A 4x4 image with one bright pixel at (x 3, y 0) and its box [3, 0, 4, 1].
+        // A 4x4 image with one bright pixel at (x 3, y 1) and its box [3, 1, 4, 2].
         let mut px = vec![0f32; 16];
-        px[3] = 1.0;
+        px[4 + 3] = 1.0;
         let x = Tensor::from_vec(px, (1, 1, 4, 4), &Device::Cpu)?;
-        for flip in [Flip::Horizontal, Flip::Vertical, Flip::Both] {
+        let all = [
+            (Flip::Horizontal, (0, 1)),
+            (Flip::Vertical, (3, 2)),
+            (Flip::Both, (0, 2)),
+            (Flip::Transpose, (1, 3)),
+            (Flip::Clockwise, (2, 3)),
+            (Flip::Anticlockwise, (1, 0)),
+            (Flip::AntiTranspose, (2, 0)),
+        ];
+        for (flip, moved_to) in all {
             let flipped = flip.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
             let at = flipped.iter().position(|&v| v == 1.0).unwrap();
+            assert_eq!((at % 4, at / 4), moved_to, "{flip:?}");
             let (fx, fy) = ((at % 4) as f32, (at / 4) as f32);
             // Where the flipped image has the pixel, undone, is where the original has it.
             assert_eq!(
                 flip.undo([fx, fy, fx + 1.0, fy + 1.0], 4.0),
-                [3.0, 0.0, 4.0, 1.0]
+                [3.0, 1.0, 4.0, 2.0],
+                "{flip:?}"
             );
         }
         assert_eq!("hv".parse::<Flip>(), Ok(Flip::Both));
+        assert_eq!("th".parse::<Flip>(), Ok(Flip::Clockwise));
         assert!("diagonal".parse::<Flip>().is_err());
         Ok(())
     }

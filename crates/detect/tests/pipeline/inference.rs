@@ -144,3 +144,57 @@ fn test_time_flips_add_the_flipped_images_boxes_at_inference_only() {
         unmatched.swap_remove(at);
     }
 }
+
+#[test]
+fn flips_left_out_of_validation_still_score_the_kept_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let ann = rectangles(data.path(), 8, 64, 64);
+    let runs = tempfile::tempdir().unwrap();
+    let run = |name: &str, tta: bool| {
+        let mut cfg = config(ann.clone(), Freeze::Frozen);
+        if tta {
+            cfg.postprocess.tta = vec![Flip::Horizontal, Flip::Transpose];
+            cfg.postprocess.fusion_iou = Some(0.7);
+            cfg.postprocess.validate_with_tta = false;
+        }
+        let dir = runs.path().join("detect").join(name);
+        let outcome = pipeline::train(&cfg, &quiet(&dir)).unwrap();
+        (dir, outcome)
+    };
+    let (plain_dir, plain) = run("plain", false);
+    let (tta_dir, tta) = run("tta", true);
+    // The evaluations during training, which choose the checkpoint, are the plain run's (the
+    // statistics of a run this small are too coarse to tell validations with and without
+    // the flips apart; `PostProcess::for_validation`'s unit test covers that choice).
+    let evals = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "eval")
+            .map(|v| v["metrics"].clone())
+            .collect()
+    };
+    assert_eq!(evals(&plain_dir).len(), 2);
+    assert_eq!(evals(&plain_dir), evals(&tta_dir));
+    assert_eq!(plain.report.best_step, tta.report.best_step);
+    // The final evaluation of that checkpoint uses the flips and the fusion, as `eval` does.
+    let detections = |dir: &Path| coco::load_results(&dir.join("val_results.json")).unwrap();
+    assert!(!detections(&plain_dir).is_empty());
+    assert_ne!(detections(&plain_dir), detections(&tta_dir));
+    let out = succeeded(
+        Command::new(env!("CARGO_BIN_EXE_detect"))
+            .args(["eval", "--json", "--run"])
+            .arg(&tta_dir),
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, value) in detect::metric::coco_eval::STAT_NAMES
+        .iter()
+        .zip(tta.stats.values)
+    {
+        assert!(
+            (stats[name].as_f64().unwrap() - value).abs() < 1e-9,
+            "{name}: {stats}"
+        );
+    }
+}
