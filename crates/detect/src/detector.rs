@@ -19,9 +19,10 @@ use crate::dataset::Target;
 use crate::metric::accumulate::CocoMetric;
 use crate::model::assign::{Assigner, Geometry};
 use crate::model::coding::BoxCoding;
+use crate::model::flip::Flip;
 use crate::model::head::{patch_pixels, DetectionHead};
 use crate::model::loss::{fcos_loss, Quality};
-use crate::model::postprocess::{decode, BoxDet, Flip, PostProcess};
+use crate::model::postprocess::{decode, BoxDet, PostProcess};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -305,10 +306,17 @@ impl Task for Detector {
         let out = self.head.forward(&Self::head_input(features, 0)?)?;
         let mut boxes = decode(&out, &self.geometry, &self.postprocess)?;
         // Each flipped view's boxes, flipped back, join the candidates; the metric's per-image
-        // suppression merges them with the unflipped view's.
+        // merge (suppression or fusion) joins them with the unflipped view's. The fusion
+        // divides by the number of views, so features encoded with other flips (a stale
+        // cache) must not pass for these.
         let views = features.first().map_or(1, |f| f.len());
+        anyhow::ensure!(
+            views == 1 + self.flips().len(),
+            "features of {views} views for a detector with {} flips",
+            self.flips().len()
+        );
         let size = self.geometry.size as f32;
-        for (v, flip) in self.flips().iter().enumerate().take(views - 1) {
+        for (v, flip) in self.flips().iter().enumerate() {
             let out = self.head.forward(&Self::head_input(features, v + 1)?)?;
             for (dets, more) in
                 boxes

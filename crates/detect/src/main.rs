@@ -11,6 +11,7 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use detect::data::coco;
 use detect::metric::coco_eval;
+use detect::model::postprocess::PostProcess;
 use detect::pipeline::{self, DetectConfig, TrainOutcome};
 use downstream_core::train::config::{self, DataArgs, RunArgs, TrainArgs};
 use downstream_core::train::summary;
@@ -95,10 +96,11 @@ struct ModelArgs {
 /// Inference settings, beyond what the run's configuration says.
 #[derive(Args, Clone, Debug, Default)]
 struct PostArgs {
-    /// Also run on flipped copies of each input and merge the boxes (horizontal, vertical,
-    /// both; comma-separated): one backbone pass more per flip.
+    /// Also run on flipped copies of each input and merge the boxes, comma-separated:
+    /// horizontal (h), vertical (v), both (hv), and for images without an "up" transpose (t),
+    /// clockwise (th), anticlockwise (tv), antitranspose (thv). One backbone pass more each.
     #[arg(long, value_delimiter = ',', value_name = "FLIPS")]
-    tta: Vec<detect::model::postprocess::Flip>,
+    tta: Vec<detect::model::flip::Flip>,
     /// Without the flips the run's configuration adds (`[postprocess] tta`): one backbone
     /// pass per input.
     #[arg(long, conflicts_with = "tta")]
@@ -110,6 +112,9 @@ struct PostArgs {
     /// the boxes overlapping it by more than this IoU, scored by how many views found it.
     #[arg(long, value_name = "IOU", value_parser = overlap)]
     fusion_iou: Option<f32>,
+    /// Without the fusion the run's configuration sets (`[postprocess] fusion_iou`).
+    #[arg(long, conflicts_with = "fusion_iou")]
+    no_fusion: bool,
     /// Suppress a box overlapping a better one of its class by more than this IoU.
     #[arg(long, value_name = "IOU", value_parser = overlap)]
     nms_iou: Option<f32>,
@@ -140,18 +145,16 @@ fn overlap(s: &str) -> Result<f32, String> {
 }
 
 impl PostArgs {
-    fn apply(
-        &self,
-        pp: &mut detect::model::postprocess::PostProcess,
-        input: &mut detect::dataset::InputConfig,
-    ) {
+    fn apply(&self, pp: &mut PostProcess, input: &mut detect::dataset::InputConfig) {
         if self.no_tta {
             pp.tta.clear();
         } else if !self.tta.is_empty() {
             pp.tta = self.tta.clone();
         }
         pp.box_voting |= self.box_voting;
-        if self.fusion_iou.is_some() {
+        if self.no_fusion {
+            pp.fusion_iou = None;
+        } else if self.fusion_iou.is_some() {
             pp.fusion_iou = self.fusion_iou;
         }
         if let Some(t) = self.nms_iou {
@@ -284,7 +287,7 @@ fn train_config(
     })
 }
 
-fn print_outcome(o: &TrainOutcome, seconds: f64, pp: &detect::model::postprocess::PostProcess) {
+fn print_outcome(o: &TrainOutcome, seconds: f64, pp: &PostProcess) {
     if !summary::print_training(&o.report, seconds) {
         return;
     }
@@ -294,24 +297,13 @@ fn print_outcome(o: &TrainOutcome, seconds: f64, pp: &detect::model::postprocess
             o.clipped
         );
     }
-    // Where the evaluations during training left them out, say that these statistics have
-    // the flips, so that they are not read as the training log's.
-    let mut added = Vec::new();
-    if !pp.validate_with_tta {
-        if !pp.tta.is_empty() {
-            added.push(format!("{} flips", pp.tta.len()));
-        }
-        if pp.fusion_iou.is_some() {
-            added.push("fusion".to_string());
-        }
-    }
-    let views = if added.is_empty() {
-        String::new()
-    } else {
-        format!(", with {}", added.join(" and "))
-    };
+    // Where the evaluations during training left the flips out, say that these statistics
+    // have them, so that they are not read as the training log's.
+    let added = pp
+        .final_only()
+        .map_or(String::new(), |a| format!(", with {a}"));
     println!(
-        "validation (best checkpoint, step {}{views}):",
+        "validation (best checkpoint, step {}{added}):",
         o.report.best_step.unwrap_or(o.report.steps)
     );
     print!("{}", o.stats.summary());
@@ -458,7 +450,7 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use detect::model::postprocess::{Flip, PostProcess};
+    use detect::model::flip::Flip;
 
     use super::*;
 
@@ -507,6 +499,9 @@ mod tests {
         };
         assert_eq!(fusion(&[]).unwrap(), Some(0.6));
         assert_eq!(fusion(&["--fusion-iou", "0.7"]).unwrap(), Some(0.7));
+        assert_eq!(fusion(&["--no-fusion"]).unwrap(), None);
+        assert!(fusion(&["--no-fusion", "--fusion-iou", "0.7"]).is_err());
         assert!(fusion(&["--fusion-iou", "1.5"]).is_err());
+        assert!(fusion(&["--fusion-iou", "0"]).is_err());
     }
 }

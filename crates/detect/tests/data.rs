@@ -418,7 +418,7 @@ fn shipped_configs_parse_and_validate() {
     // Frozen row 5: the upside-down view joins validation, `eval` and `predict`.
     assert_eq!(
         frozen.postprocess.tta,
-        [detect::model::postprocess::Flip::Vertical]
+        [detect::model::flip::Flip::Vertical]
     );
     // Fine-tuned row 12: all eight views, fused, at the final evaluation only.
     assert_eq!(df.postprocess.tta.len(), 7);

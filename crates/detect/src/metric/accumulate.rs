@@ -3,12 +3,12 @@
 //! An image may be cut into overlapping tiles that arrive in different batches, and its
 //! test-time flips add boxes of their own, so detections are gathered per image in original
 //! pixels and merged (class-wise NMS, with box voting or fusion if asked, then the per-image
-//! limit) only when every batch is in. A tile's box that reaches an edge shared with another tile enters
-//! the merge at its score times `tile_edge_score`: on DeepForest's squares such truncated
-//! crowns otherwise often outscore their whole views, and win the suppression or rank above
-//! them as duplicates (README, DeepForest rows 10 and 11). The metric scores the merged
-//! boxes with COCO evaluation against the ground truth that each example's target carries:
-//! the engine hands the data set's truth to the metric, the model keeps none.
+//! limit) only when every batch is in. A tile's box that reaches an edge shared with another
+//! tile enters the merge at its score times `tile_edge_score`: on DeepForest's squares such
+//! truncated crowns otherwise often outscore their whole views, and win the suppression or
+//! rank above them as duplicates (README, DeepForest rows 10 and 11). The metric scores the
+//! merged boxes with COCO evaluation against the ground truth that each example's target
+//! carries: the engine hands the data set's truth to the metric, the model keeps none.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ impl Collector {
         }
     }
 
-    /// COCO results: per image, tiles' duplicates suppressed and the best kept.
+    /// COCO results: per image, the tiles' and views' boxes merged (suppression, or fusion).
     pub fn finish(self) -> Vec<Detection> {
         let pp = &self.postprocess;
         let mut out = Vec::new();

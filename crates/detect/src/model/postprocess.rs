@@ -25,6 +25,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor, D};
 
 use super::assign::Geometry;
+use super::flip::Flip;
 use super::head::HeadOutput;
 
 /// One detection in input pixels, `[x0, y0, x1, y1]`.
@@ -47,6 +48,8 @@ pub struct PostProcess {
     /// Boxes kept per image.
     pub max_detections: usize,
     /// Only boxes at least this confident are drawn on prediction images (all are saved).
+    /// With `fusion_iou` it applies to the fused scores, which are lower for objects that
+    /// not every view finds.
     pub draw_threshold: f32,
     /// Each kept box becomes the score-weighted mean of the boxes it suppressed.
     pub box_voting: bool,
@@ -54,8 +57,8 @@ pub struct PostProcess {
     pub tta: Vec<Flip>,
     /// Fuse instead of only suppressing when an image's tiles and views are merged: each box
     /// the suppression keeps moves to the score-weighted mean of the boxes overlapping it by
-    /// more than this, and scores the mean of their best scores, one per view (see
-    /// [`merge`]). `None` keeps the suppression alone.
+    /// more than this, and scores the sum of their best scores, as many as there are views,
+    /// over the number of views (see [`merge`]). `None` keeps the suppression alone.
     pub fusion_iou: Option<f32>,
     /// The evaluations during training, which choose the best checkpoint, use the flips and
     /// the fusion too. Off, they run on the plain view with suppression alone, at one
@@ -81,89 +84,21 @@ impl PostProcess {
             ..self.clone()
         }
     }
-}
 
-/// A flip of the square model input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Flip {
-    /// Left to right.
-    Horizontal,
-    /// Upside down.
-    Vertical,
-    /// Both: a half turn.
-    Both,
-    /// About the diagonal from the top-left corner: rows become columns.
-    Transpose,
-    /// Transposed, then left to right: a quarter turn clockwise.
-    Clockwise,
-    /// Transposed, then upside down: a quarter turn anticlockwise.
-    Anticlockwise,
-    /// Transposed, then both: about the other diagonal.
-    AntiTranspose,
-}
-
-impl Flip {
-    /// (transposed first, mirrored left to right, mirrored upside down)
-    fn parts(self) -> (bool, bool, bool) {
-        match self {
-            Flip::Horizontal => (false, true, false),
-            Flip::Vertical => (false, false, true),
-            Flip::Both => (false, true, true),
-            Flip::Transpose => (true, false, false),
-            Flip::Clockwise => (true, true, false),
-            Flip::Anticlockwise => (true, false, true),
-            Flip::AntiTranspose => (true, true, true),
-        }
-    }
-
-    /// The flipped copy of a batch of square images `(B, C, S, S)`.
-    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (t, h, v) = self.parts();
-        let mut x = if t {
-            x.transpose(2, 3)?.contiguous()?
-        } else {
-            x.clone()
-        };
-        for (on, dim) in [(h, 3), (v, 2)] {
-            if on {
-                let n = x.dim(dim)?;
-                let rev: Vec<u32> = (0..n as u32).rev().collect();
-                x = x.index_select(&Tensor::new(rev.as_slice(), x.device())?, dim)?;
+    /// What the final evaluation adds to the evaluations during training ("7 flips and
+    /// fusion"), if anything.
+    pub fn final_only(&self) -> Option<String> {
+        let mut added = Vec::new();
+        if !self.validate_with_tta {
+            if !self.tta.is_empty() {
+                let n = self.tta.len();
+                added.push(format!("{n} flip{}", if n == 1 { "" } else { "s" }));
+            }
+            if self.fusion_iou.is_some() {
+                added.push("fusion".to_string());
             }
         }
-        Ok(x)
-    }
-
-    /// A box found on the flipped input of side `size`, in the unflipped input's pixels.
-    pub fn undo(self, [x0, y0, x1, y1]: [f32; 4], size: f32) -> [f32; 4] {
-        let (t, h, v) = self.parts();
-        let (x0, x1) = if h { (size - x1, size - x0) } else { (x0, x1) };
-        let (y0, y1) = if v { (size - y1, size - y0) } else { (y0, y1) };
-        if t {
-            [y0, x0, y1, x1]
-        } else {
-            [x0, y0, x1, y1]
-        }
-    }
-}
-
-impl std::str::FromStr for Flip {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "horizontal" | "h" => Ok(Flip::Horizontal),
-            "vertical" | "v" => Ok(Flip::Vertical),
-            "both" | "hv" => Ok(Flip::Both),
-            "transpose" | "t" => Ok(Flip::Transpose),
-            "clockwise" | "th" => Ok(Flip::Clockwise),
-            "anticlockwise" | "tv" => Ok(Flip::Anticlockwise),
-            "antitranspose" | "thv" => Ok(Flip::AntiTranspose),
-            _ => Err(format!(
-                "unknown flip `{s}`: horizontal (h), vertical (v), both (hv), transpose (t), \
-                 clockwise (th), anticlockwise (tv) or antitranspose (thv)"
-            )),
-        }
+        (!added.is_empty()).then(|| added.join(" and "))
     }
 }
 
@@ -223,65 +158,89 @@ pub fn suppress(dets: Vec<BoxDet>, pp: &PostProcess) -> Vec<BoxDet> {
     }
     nms(dets.clone(), pp.nms_iou, pp.max_detections)
         .into_iter()
-        .map(|k| BoxDet {
-            xyxy: Cluster::around(&k, &dets, pp.nms_iou).mean,
-            ..k
-        })
-        .collect()
-}
-
-/// The final merge of an image's boxes, gathered from its tiles and `views` views (1 + the
-/// flips): suppression, then with `fusion_iou` each kept box fused with the boxes that
-/// overlap it by more than that (its class, itself included). The box becomes their
-/// score-weighted mean; the score the sum of their `views` best scores over `views`, so
-/// that an object every view finds keeps its score and one that a single view finds keeps a
-/// share of it (as weighted box fusion scores the boxes of several models). Each view has
-/// already suppressed its own duplicates, so a cluster holds about one box per view and tile
-/// that saw the object.
-pub fn merge(dets: Vec<BoxDet>, pp: &PostProcess, views: usize) -> Vec<BoxDet> {
-    let Some(threshold) = pp.fusion_iou else {
-        return suppress(dets, pp);
-    };
-    let views = views.max(1);
-    nms(dets.clone(), pp.nms_iou, pp.max_detections)
-        .into_iter()
         .map(|k| {
-            let mut cluster = Cluster::around(&k, &dets, threshold);
-            cluster.scores.sort_by(|a, b| b.total_cmp(a));
+            let mut cluster = Cluster::default();
+            for d in &dets {
+                if d == &k || (d.class == k.class && iou(&k.xyxy, &d.xyxy) > pp.nms_iou) {
+                    cluster.add(d);
+                }
+            }
             BoxDet {
-                xyxy: cluster.mean,
-                score: cluster.scores.iter().take(views).sum::<f32>() / views as f32,
+                xyxy: cluster.mean(),
                 ..k
             }
         })
         .collect()
 }
 
-/// The boxes of a kept box's class that overlap it by more than a threshold (itself
-/// included), as voting and fusion use them.
+/// The final merge of an image's boxes, gathered from its tiles and `views` views (1 + the
+/// flips): suppression, then with `fusion_iou` each kept box fused with the boxes it
+/// suppressed that overlap it by more than `fusion_iou` (and itself). A box suppressed by a
+/// better one never joins a weaker kept box nearby, so that box cannot borrow the better
+/// one's scores. The box becomes the score-weighted mean of its members; the score the sum of their `views` best scores over
+/// `views`, so that an object every view finds keeps its score and one that a single view
+/// finds keeps a share of it (as weighted box fusion scores the boxes of several models).
+/// Each view has already suppressed its own duplicates, so a cluster holds about one box per
+/// view and tile that saw the object; where overlapping tiles both see it, the best boxes
+/// count whichever view they come from. The per-image limit keeps the best fused scores.
+pub fn merge(dets: Vec<BoxDet>, pp: &PostProcess, views: usize) -> Vec<BoxDet> {
+    let Some(threshold) = pp.fusion_iou else {
+        return suppress(dets, pp);
+    };
+    let views = views.max(1);
+    let kept = nms(dets.clone(), pp.nms_iou, usize::MAX);
+    let mut clusters: Vec<Cluster> = kept.iter().map(|_| Cluster::default()).collect();
+    for d in &dets {
+        // The kept box that suppressed `d` (the first, in score order, that overlaps it by
+        // more than the suppression threshold), or `d` itself.
+        let by = kept
+            .iter()
+            .position(|k| k == d || (k.class == d.class && iou(&k.xyxy, &d.xyxy) > pp.nms_iou));
+        if let Some(i) = by {
+            if &kept[i] == d || iou(&kept[i].xyxy, &d.xyxy) > threshold {
+                clusters[i].add(d);
+            }
+        }
+    }
+    let mut fused: Vec<BoxDet> = kept
+        .into_iter()
+        .zip(clusters)
+        .map(|(k, mut cluster)| {
+            cluster.scores.sort_by(|a, b| b.total_cmp(a));
+            BoxDet {
+                xyxy: cluster.mean(),
+                score: cluster.scores.iter().take(views).sum::<f32>() / views as f32,
+                ..k
+            }
+        })
+        .collect();
+    fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+    fused.truncate(pp.max_detections);
+    fused
+}
+
+/// Boxes gathered around a kept one, as voting and fusion use them: their score-weighted
+/// sum and their scores.
+#[derive(Default)]
 struct Cluster {
-    /// Their score-weighted mean box.
-    mean: [f32; 4],
+    sum: [f32; 4],
+    weight: f32,
     scores: Vec<f32>,
 }
 
 impl Cluster {
-    fn around(kept: &BoxDet, dets: &[BoxDet], threshold: f32) -> Self {
-        let (mut sum, mut weight, mut scores) = ([0f32; 4], 0f32, Vec::new());
-        for d in dets {
-            // The kept box itself even at a threshold of 1, so that the weight is never 0.
-            if d == kept || (d.class == kept.class && iou(&kept.xyxy, &d.xyxy) > threshold) {
-                for (s, v) in sum.iter_mut().zip(d.xyxy) {
-                    *s += d.score * v;
-                }
-                weight += d.score;
-                scores.push(d.score);
-            }
+    fn add(&mut self, d: &BoxDet) {
+        for (s, v) in self.sum.iter_mut().zip(d.xyxy) {
+            *s += d.score * v;
         }
-        Cluster {
-            mean: sum.map(|s| s / weight),
-            scores,
-        }
+        self.weight += d.score;
+        self.scores.push(d.score);
+    }
+
+    /// The score-weighted mean box (a cluster always holds its kept box, whose score is
+    /// above the score threshold, so the weight is positive).
+    fn mean(&self) -> [f32; 4] {
+        self.sum.map(|s| s / self.weight)
     }
 }
 
@@ -429,57 +388,65 @@ mod tests {
         );
         assert_eq!(alone[0].xyxy, [0.0, 0.0, 10.0, 10.0]);
         assert!((alone[0].score - 0.2).abs() < 1e-6);
+        // The per-image limit keeps the best fused scores: here the object three views found
+        // over one view's more confident box.
+        let limited = merge(
+            vec![
+                det(0, 0.9, [100.0, 100.0, 110.0, 110.0]),
+                det(0, 0.8, [0.0, 0.0, 10.0, 10.0]),
+                det(0, 0.8, [0.0, 0.0, 10.0, 10.5]),
+                det(0, 0.8, [0.0, 0.0, 10.5, 10.0]),
+            ],
+            &PostProcess {
+                max_detections: 1,
+                ..pp.clone()
+            },
+            4,
+        );
+        assert_eq!(limited.len(), 1);
+        assert!((limited[0].score - 0.6).abs() < 1e-6);
+        // A weak box kept beside a strong one does not borrow the boxes the strong one
+        // suppressed: [3, 0, 13, 10] overlaps the weak box by 0.82 but was suppressed by the
+        // strong one (0.54), too loosely to join it.
+        let beside = merge(
+            vec![
+                det(0, 0.9, [0.0, 0.0, 10.0, 10.0]),
+                det(0, 0.8, [3.0, 0.0, 13.0, 10.0]),
+                det(0, 0.4, [4.0, 0.0, 14.0, 10.0]),
+            ],
+            &pp,
+            2,
+        );
+        assert_eq!(beside.len(), 2);
+        assert_eq!(beside[0].xyxy, [0.0, 0.0, 10.0, 10.0]);
+        assert!((beside[0].score - 0.45).abs() < 1e-6);
+        assert_eq!(beside[1].xyxy, [4.0, 0.0, 14.0, 10.0]);
+        assert!((beside[1].score - 0.2).abs() < 1e-6);
         // Without fusion, the merge is the suppression.
         let plain = PostProcess {
             fusion_iou: None,
             ..pp.clone()
         };
         assert_eq!(merge(dets.clone(), &plain, 4), suppress(dets, &plain));
-        // Evaluations during training may leave both out.
+    }
+
+    #[test]
+    fn evaluations_during_training_may_leave_the_flips_and_the_fusion_out() {
         let pp = PostProcess {
+            nms_iou: 0.5,
+            fusion_iou: Some(0.7),
             tta: vec![Flip::Vertical],
             validate_with_tta: false,
-            ..pp
+            ..PostProcess::default()
         };
         let v = pp.for_validation();
         assert!(v.tta.is_empty() && v.fusion_iou.is_none() && v.nms_iou == pp.nms_iou);
+        assert_eq!(pp.final_only().as_deref(), Some("1 flip and fusion"));
         let pp = PostProcess {
             validate_with_tta: true,
             ..pp
         };
         assert_eq!(pp.for_validation(), pp);
-    }
-
-    #[test]
-    fn a_flip_undone_returns_a_box_to_where_the_unflipped_image_has_it() -> Result<()> {
-        // A 4x4 image with one bright pixel at (x 3, y 1) and its box [3, 1, 4, 2].
-        let mut px = vec![0f32; 16];
-        px[4 + 3] = 1.0;
-        let x = Tensor::from_vec(px, (1, 1, 4, 4), &Device::Cpu)?;
-        let all = [
-            (Flip::Horizontal, (0, 1)),
-            (Flip::Vertical, (3, 2)),
-            (Flip::Both, (0, 2)),
-            (Flip::Transpose, (1, 3)),
-            (Flip::Clockwise, (2, 3)),
-            (Flip::Anticlockwise, (1, 0)),
-            (Flip::AntiTranspose, (2, 0)),
-        ];
-        for (flip, moved_to) in all {
-            let flipped = flip.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
-            let at = flipped.iter().position(|&v| v == 1.0).unwrap();
-            assert_eq!((at % 4, at / 4), moved_to, "{flip:?}");
-            let (fx, fy) = ((at % 4) as f32, (at / 4) as f32);
-            // Where the flipped image has the pixel, undone, is where the original has it.
-            assert_eq!(
-                flip.undo([fx, fy, fx + 1.0, fy + 1.0], 4.0),
-                [3.0, 1.0, 4.0, 2.0],
-                "{flip:?}"
-            );
-        }
-        assert_eq!("hv".parse::<Flip>(), Ok(Flip::Both));
-        assert_eq!("th".parse::<Flip>(), Ok(Flip::Clockwise));
-        assert!("diagonal".parse::<Flip>().is_err());
-        Ok(())
+        assert_eq!(pp.final_only(), None);
     }
 }

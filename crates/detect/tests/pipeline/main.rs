@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use detect::data::coco;
-use detect::model::postprocess::Flip;
+use detect::model::flip::Flip;
 use detect::pipeline::{self, DetectConfig};
 use downstream_core::train::config::TrainConfig;
 use downstream_core::train::config::{DataConfig, RunConfig};
