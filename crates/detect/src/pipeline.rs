@@ -149,16 +149,17 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
     let clipped = train_set.clipped + val_set.clipped;
     let mut categories = train_set.categories.clone();
     categories.sort_by_key(|c| c.id);
-    // The evaluations during training may leave out the flips and the fusion; the final one
-    // below uses them.
     let mut detector = Detector::new(
         &cfg.train,
         &cfg.model,
         cfg.input.size,
         categories,
-        cfg.postprocess.for_validation(),
+        cfg.postprocess.clone(),
         &device,
     )?;
+    // Checked whole above; the evaluations during training may leave out the flips and the
+    // fusion, the final one below uses them.
+    detector.postprocess = cfg.postprocess.for_validation();
     // Held until the run's last file is written; it creates the folder.
     let _lock = downstream_core::train::lock::acquire(&run.dir)?;
     downstream_core::atomic::write(

@@ -46,6 +46,7 @@ fn loss_and_suppression_settings_out_of_range_fail_before_training() {
         ("--nms-iou", "1.5", "--nms-iou"),
         ("--nms-iou", "0", "--nms-iou"),
         ("--tile-edge-score", "1.5", "--tile-edge-score"),
+        ("--fusion-iou", "1.5", "--fusion-iou"),
     ] {
         let mut cmd = train_command(&ann, runs.path(), "range", "1");
         let out = cmd.args([flag, value]).output().unwrap();
@@ -55,6 +56,24 @@ fn loss_and_suppression_settings_out_of_range_fail_before_training() {
         let run = runs.path().join("detect/range");
         assert!(!run.join("checkpoints").exists() && !run.join("config.toml").exists());
     }
+}
+
+#[test]
+fn a_fusion_threshold_out_of_range_is_refused_even_where_validation_leaves_it_out() {
+    let data = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut cfg = config(rectangles(data.path(), 8, 64, 64), Freeze::Frozen);
+    cfg.postprocess.fusion_iou = Some(1.5);
+    cfg.postprocess.validate_with_tta = false;
+    let run = runs.path().join("detect").join("fusion");
+    let err = pipeline::train(&cfg, &quiet(&run))
+        .err()
+        .expect("was taken");
+    assert!(
+        format!("{err:#}").contains("postprocess.fusion_iou"),
+        "{err:#}"
+    );
+    assert!(!run.join("checkpoints").exists());
 }
 
 #[test]
