@@ -56,8 +56,8 @@ pub struct PostProcess {
     /// Flipped views added at inference (validation, `eval`, `predict`), never in training.
     pub tta: Vec<Flip>,
     /// Fuse instead of only suppressing when an image's tiles and views are merged: each box
-    /// the suppression keeps moves to the score-weighted mean of the boxes overlapping it by
-    /// more than this, and scores the sum of their best scores, as many as there are views,
+    /// the suppression keeps moves to the score-weighted mean of the boxes it suppressed that
+    /// overlap it by more than this (and itself), and scores the sum of their best scores, as many as there are views,
     /// over the number of views (see [`merge`]). `None` keeps the suppression alone.
     pub fusion_iou: Option<f32>,
     /// The evaluations during training, which choose the best checkpoint, use the flips and
@@ -132,19 +132,33 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// Class-wise non-maximum suppression; returns at most `max` boxes, best first.
-pub fn nms(mut dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
+pub fn nms(dets: Vec<BoxDet>, threshold: f32, max: usize) -> Vec<BoxDet> {
+    greedy(dets, threshold, max, |_, _, _| {})
+}
+
+/// Non-maximum suppression that also tells `each` about every box it reaches, best first:
+/// the index of the kept box it became (the last one kept) or that suppressed it (the first
+/// of its class, in score order, overlapping it by more than `threshold`), and that box.
+fn greedy(
+    mut dets: Vec<BoxDet>,
+    threshold: f32,
+    max: usize,
+    mut each: impl FnMut(usize, &BoxDet, &BoxDet),
+) -> Vec<BoxDet> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<BoxDet> = Vec::new();
     for d in dets {
         if kept.len() >= max {
             break;
         }
-        if kept
+        let by = kept
             .iter()
-            .all(|k| k.class != d.class || iou(&k.xyxy, &d.xyxy) <= threshold)
-        {
+            .position(|k| k.class == d.class && iou(&k.xyxy, &d.xyxy) > threshold);
+        let i = by.unwrap_or_else(|| {
             kept.push(d);
-        }
+            kept.len() - 1
+        });
+        each(i, &kept[i], &d);
     }
     kept
 }
@@ -177,9 +191,10 @@ pub fn suppress(dets: Vec<BoxDet>, pp: &PostProcess) -> Vec<BoxDet> {
 /// flips): suppression, then with `fusion_iou` each kept box fused with the boxes it
 /// suppressed that overlap it by more than `fusion_iou` (and itself). A box suppressed by a
 /// better one never joins a weaker kept box nearby, so that box cannot borrow the better
-/// one's scores. The box becomes the score-weighted mean of its members; the score the sum of their `views` best scores over
-/// `views`, so that an object every view finds keeps its score and one that a single view
-/// finds keeps a share of it (as weighted box fusion scores the boxes of several models).
+/// one's scores. The box becomes the score-weighted mean of its members; the score the sum
+/// of their `views` best scores over `views`, so that an object every view finds keeps its
+/// score and one that a single view finds keeps a share of it (as weighted box fusion scores
+/// the boxes of several models).
 /// Each view has already suppressed its own duplicates, so a cluster holds about one box per
 /// view and tile that saw the object; where overlapping tiles both see it, the best boxes
 /// count whichever view they come from. The per-image limit keeps the best fused scores.
@@ -188,20 +203,15 @@ pub fn merge(dets: Vec<BoxDet>, pp: &PostProcess, views: usize) -> Vec<BoxDet> {
         return suppress(dets, pp);
     };
     let views = views.max(1);
-    let kept = nms(dets.clone(), pp.nms_iou, usize::MAX);
-    let mut clusters: Vec<Cluster> = kept.iter().map(|_| Cluster::default()).collect();
-    for d in &dets {
-        // The kept box that suppressed `d` (the first, in score order, that overlaps it by
-        // more than the suppression threshold), or `d` itself.
-        let by = kept
-            .iter()
-            .position(|k| k == d || (k.class == d.class && iou(&k.xyxy, &d.xyxy) > pp.nms_iou));
-        if let Some(i) = by {
-            if &kept[i] == d || iou(&kept[i].xyxy, &d.xyxy) > threshold {
-                clusters[i].add(d);
-            }
+    let mut clusters: Vec<Cluster> = Vec::new();
+    let kept = greedy(dets, pp.nms_iou, usize::MAX, |i, k, d| {
+        if i == clusters.len() {
+            clusters.push(Cluster::default());
+            clusters[i].add(d);
+        } else if iou(&k.xyxy, &d.xyxy) > threshold {
+            clusters[i].add(d);
         }
-    }
+    });
     let mut fused: Vec<BoxDet> = kept
         .into_iter()
         .zip(clusters)
