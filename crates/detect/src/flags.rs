@@ -1,6 +1,7 @@
-//! The flags that change a run's configuration: input, model and inference settings that
-//! `train` lays over the configuration file, and that `eval` and `predict` lay over a
-//! trained run's. The configuration types stay in the library; this module only maps
+//! The flags that change a run's configuration: the input, model and inference settings
+//! that `train` lays over the configuration file (with the data, training and run flags
+//! every task shares, from core), and the inference ones that `eval` and `predict` lay over
+//! a trained run's. The configuration types stay in the library; this module only maps
 //! command-line values onto them, so the commands in `main.rs` read as what they do.
 
 use std::path::Path;
