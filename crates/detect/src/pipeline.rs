@@ -157,8 +157,8 @@ pub fn train(cfg: &DetectConfig, run: &RunOptions) -> Result<TrainOutcome> {
         cfg.postprocess.clone(),
         &device,
     )?;
-    // Checked whole above; the evaluations during training may leave out the flips and the
-    // fusion, the final one below uses them.
+    // `Detector::new` checked the whole inference settings; the evaluations during training
+    // may leave out the flips and the fusion, and the final one below uses them.
     detector.postprocess = cfg.postprocess.for_validation();
     // Held until the run's last file is written; it creates the folder.
     let _lock = downstream_core::train::lock::acquire(&run.dir)?;

@@ -57,8 +57,9 @@ pub struct PostProcess {
     pub tta: Vec<Flip>,
     /// Fuse instead of only suppressing when an image's tiles and views are merged: each box
     /// the suppression keeps moves to the score-weighted mean of the boxes it suppressed that
-    /// overlap it by more than this (and itself), and scores the sum of their best scores, as many as there are views,
-    /// over the number of views (see [`merge`]). `None` keeps the suppression alone.
+    /// overlap it by more than this (and itself), and scores the sum of their best scores, as
+    /// many as there are views, over the number of views (see [`merge`]). `None` keeps the
+    /// suppression alone.
     pub fusion_iou: Option<f32>,
     /// The evaluations during training, which choose the best checkpoint, use the flips and
     /// the fusion too. Off, they run on the plain view with suppression alone, at one
